@@ -111,6 +111,20 @@ def cases(suites: tuple[str, ...], levels: tuple[str, ...], as_json: bool) -> No
         sys.exit(ExitCode.NOTHING_SELECTED)
 
 
+def _register_commands() -> None:
+    import importlib
+    import pkgutil
+
+    from harness import commands
+
+    for module in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        mod = importlib.import_module(f"harness.commands.{module.name}")
+        mod.register(cli)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point: run the CLI, turning unexpected errors into exit code 3 with a message."""
     try:

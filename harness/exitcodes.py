@@ -7,15 +7,18 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0
-    """All selected cases pass (or match the baseline)."""
     CONFORMANCE_FAILURE = 1
-    """At least one case failed (or deviated from the baseline)."""
     USAGE_ERROR = 2
-    """Bad command line, configuration, policy or peer file."""
     ENVIRONMENT_ERROR = 3
-    """Environment or harness error: a peer could not start, a namespace could not be made."""
     NOTHING_SELECTED = 4
-    """The selection matched no case."""
 
 
-EXIT_CODES_HELP = "\n".join(f"  {code.value}  {(code.__doc__ or '').strip()}" for code in ExitCode)
+MEANING: dict[ExitCode, str] = {
+    ExitCode.OK: "all selected cases pass (or match the baseline)",
+    ExitCode.CONFORMANCE_FAILURE: "conformance failures (or deviations from the baseline)",
+    ExitCode.USAGE_ERROR: "usage or configuration error (command line, policy, peer file)",
+    ExitCode.ENVIRONMENT_ERROR: "environment or harness error (a peer could not start, ...)",
+    ExitCode.NOTHING_SELECTED: "nothing was selected to run",
+}
+
+EXIT_CODES_HELP = "\n".join(f"  {code.value}  {MEANING[code]}" for code in ExitCode)

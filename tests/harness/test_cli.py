@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from harness.exitcodes import ExitCode
+from harness.exitcodes import MEANING, ExitCode
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -23,7 +23,7 @@ def test_help_documents_exit_codes() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0
     for code in ExitCode:
-        assert f"{code.value}  " in proc.stdout
+        assert f"{code.value}  {MEANING[code]}" in proc.stdout
 
 
 def test_version() -> None:

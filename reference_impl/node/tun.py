@@ -1,0 +1,74 @@
+"""A TUN device for the node's ``tun`` data plane (Linux ``/dev/net/tun``).
+
+The device is non-persistent: it disappears when the node closes the descriptor (or dies),
+so nothing is left behind even on SIGKILL. Addresses and routes are set with pyroute2.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+_TUNSETIFF = 0x400454CA
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+
+
+class TunDevice:
+    """An open TUN device in non-blocking mode; read() returns one IP packet or None."""
+
+    def __init__(self, name: str, mtu: int = 1400) -> None:
+        if len(name.encode()) >= 16:
+            raise ValueError(f"interface name {name!r} is longer than 15 octets")
+        self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            ifr = struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI)
+            result = fcntl.ioctl(self.fd, _TUNSETIFF, ifr)
+            self.name = result[:16].rstrip(b"\0").decode()
+            self.mtu = mtu
+            self._configure_link(mtu)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _configure_link(self, mtu: int) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=self.name)[0]
+            ipr.link("set", index=index, mtu=mtu, state="up")
+            self.index = index
+
+    def add_address(self, address: str, prefixlen: int) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            ipr.addr("add", index=self.index, address=address, prefixlen=prefixlen)
+
+    def add_route(self, network: str, source: str | None = None) -> None:
+        """Route ``network`` (a prefix) into the tunnel, optionally with a preferred source."""
+        from pyroute2 import IPRoute
+
+        kwargs: dict[str, object] = {"dst": network, "oif": self.index}
+        if source:
+            kwargs["prefsrc"] = source
+        with IPRoute() as ipr:
+            ipr.route("replace", **kwargs)
+
+    def read(self) -> bytes | None:
+        try:
+            return os.read(self.fd, 65535)
+        except BlockingIOError:
+            return None
+
+    def write(self, packet: bytes) -> None:
+        try:
+            os.write(self.fd, packet)
+        except BlockingIOError:
+            pass  # the kernel queue is full: a drop, as on a real interface
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # the device and its routes go with it
+            self.fd = -1

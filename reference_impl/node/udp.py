@@ -1,0 +1,125 @@
+"""UDP endpoints for IKE (500) and NAT-T (4500), with ICMP errors read from the error queue.
+
+``IP_RECVERR`` makes the kernel queue ICMP errors for datagrams this socket sent; the node
+reads them with ``MSG_ERRQUEUE`` and hands them to the policy agent as unauthenticated hints
+(policy-spec §3.3 E7). They never change IKE state (RFC 7296 §2.4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+
+# <linux/in.h>, <linux/in6.h>, <linux/errqueue.h>; Python's socket module lacks these names.
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+_SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpError:
+    """An ICMP error the kernel matched to a datagram we sent."""
+
+    destination: tuple[str, int]
+    """Where the datagram that provoked the error was going."""
+    offender: str
+    """The address that sent the ICMP error."""
+    icmp_type: int
+    icmp_code: int
+    errno: int
+    payload: bytes
+    """The start of the datagram we sent (the UDP payload), to match it to an IKE SA."""
+
+
+class UdpEndpoint:
+    """A non-blocking UDP socket bound to one local address and port."""
+
+    def __init__(self, address: str, port: int) -> None:
+        ip = ipaddress.ip_address(address)
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        self.family = family
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                self.sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            else:
+                self.sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+            # Large buffers: a burst of ESP-in-UDP must not be dropped by the socket.
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            self.sock.bind((address, port))
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.address = address
+        self.port = self.sock.getsockname()[1]
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self) -> tuple[bytes, tuple[str, int]] | None:
+        """One datagram, or None when nothing is queued (errors go to :meth:`recv_errors`)."""
+        try:
+            data, addr = self.sock.recvfrom(65535)
+        except BlockingIOError:
+            return None
+        except OSError:
+            # A pending ICMP error is reported on the next recv; it is in the error queue too.
+            return None
+        return data, (addr[0], addr[1])
+
+    def recv_errors(self) -> list[IcmpError]:
+        errors: list[IcmpError] = []
+        while True:
+            try:
+                data, ancdata, _flags, addr = self.sock.recvmsg(2048, 512, socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                return errors
+            except OSError:
+                return errors
+            for level, ctype, cdata in ancdata:
+                if (level, ctype) not in (
+                    (socket.IPPROTO_IP, IP_RECVERR),
+                    (socket.IPPROTO_IPV6, IPV6_RECVERR),
+                ):
+                    continue
+                if len(cdata) < _SOCK_EXTENDED_ERR.size:
+                    continue
+                ee_errno, origin, icmp_type, icmp_code, _pad, _info, _data = (
+                    _SOCK_EXTENDED_ERR.unpack_from(cdata)
+                )
+                if origin not in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6):
+                    continue
+                offender = _offender(cdata[_SOCK_EXTENDED_ERR.size :])
+                errors.append(
+                    IcmpError((addr[0], addr[1]), offender, icmp_type, icmp_code, ee_errno, data)
+                )
+
+    def send(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except (BlockingIOError, ConnectionRefusedError):
+            pass  # full queue, or an earlier ICMP error reported here: a drop, as on the wire
+        except OSError:
+            pass  # unreachable network and the like: the datagram is lost, as on the wire
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _offender(raw: bytes) -> str:
+    """The address in the ``struct sockaddr`` that follows ``sock_extended_err``."""
+    if len(raw) >= 8:
+        family = struct.unpack_from("=H", raw)[0]
+        if family == socket.AF_INET:
+            return socket.inet_ntop(socket.AF_INET, raw[4:8])
+        if family == socket.AF_INET6 and len(raw) >= 24:
+            return socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    return ""

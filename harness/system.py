@@ -86,6 +86,43 @@ def run(
     return result
 
 
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    die_with_parent: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start a long-running program (a daemon, tcpdump) with stdout and stderr to ``log_path``.
+
+    It runs in its own session, so a Ctrl-C in the terminal reaches the harness only and the
+    harness stops its children in order. With ``die_with_parent`` the kernel sends it SIGKILL
+    if the harness dies (``PR_SET_PDEATHSIG``, kept across exec). The caller owns the handle
+    and must stop it.
+    """
+    full_env = dict(os.environ)
+    if env is not None:
+        full_env.update(env)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            tuple(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
+        )
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+
 class CommandError(RuntimeError):
     """A command that had to succeed failed."""
 

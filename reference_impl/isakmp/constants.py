@@ -1,7 +1,10 @@
 """IANA numbers of ISAKMP (RFC 2408), the IPsec DOI (RFC 2407), IKEv1 (RFC 2409) and the
 extensions this package speaks (RFC 3706 DPD, RFC 3947 NAT-T), once.
 
-Names follow the RFCs (``-`` becomes ``_``).
+Names follow the RFCs (``-`` becomes ``_``). The transform numbers shared with the crypto
+registry (phase-1 Encryption/Hash Algorithm, ESP/AH transform IDs, IPsec Authentication
+Algorithm) live in :mod:`reference_impl.crypto.ids` (``Ikev1EncrId``, ``Ikev1HashId``,
+``Ikev1EspTransformId``, ``Ikev1AhTransformId``, ``Ikev1AuthAlgorithm``), once.
 """
 
 from __future__ import annotations
@@ -132,50 +135,6 @@ KEY_IKE = 1
 """The only ISAKMP transform ID (RFC 2407 §4.4.2)."""
 
 
-class EspTransformId(IntEnum):
-    """IPsec DOI ESP transform identifiers (RFC 2407 §4.4.4 and the IANA registry)."""
-
-    ESP_DES_IV64 = 1
-    ESP_DES = 2
-    ESP_3DES = 3
-    ESP_RC5 = 4
-    ESP_IDEA = 5
-    ESP_CAST = 6
-    ESP_BLOWFISH = 7
-    ESP_3IDEA = 8
-    ESP_DES_IV32 = 9
-    ESP_RC4 = 10
-    ESP_NULL = 11
-    ESP_AES = 12
-    ESP_AES_CTR = 13
-    ESP_AES_CCM_8 = 14
-    ESP_AES_CCM_12 = 15
-    ESP_AES_CCM_16 = 16
-    ESP_AES_GCM_8 = 18
-    ESP_AES_GCM_12 = 19
-    ESP_AES_GCM_16 = 20
-    ESP_SEED_CBC = 21
-    ESP_CAMELLIA = 22
-    ESP_NULL_AUTH_AES_GMAC = 23
-
-
-class AhTransformId(IntEnum):
-    """IPsec DOI AH transform identifiers (RFC 2407 §4.4.3 and the IANA registry)."""
-
-    AH_MD5 = 2
-    AH_SHA = 3
-    AH_DES = 4
-    AH_SHA2_256 = 5
-    AH_SHA2_384 = 6
-    AH_SHA2_512 = 7
-    AH_RIPEMD = 8
-    AH_AES_XCBC_MAC = 9
-    AH_RSA = 10
-    AH_AES_128_GMAC = 11
-    AH_AES_192_GMAC = 12
-    AH_AES_256_GMAC = 13
-
-
 class OakleyAttr(IntEnum):
     """Phase 1 attribute classes (RFC 2409 Appendix A)."""
 
@@ -195,30 +154,6 @@ class OakleyAttr(IntEnum):
     KEY_LENGTH = 14
     FIELD_SIZE = 15
     GROUP_ORDER = 16
-
-
-class OakleyEncryption(IntEnum):
-    """RFC 2409 Appendix A Encryption Algorithm; AES-CBC from RFC 3602 §5, Camellia RFC 4312."""
-
-    DES_CBC = 1
-    IDEA_CBC = 2
-    BLOWFISH_CBC = 3
-    RC5_R16_B64_CBC = 4
-    TRIPLE_DES_CBC = 5
-    CAST_CBC = 6
-    AES_CBC = 7
-    CAMELLIA_CBC = 8
-
-
-class OakleyHash(IntEnum):
-    """RFC 2409 Appendix A Hash Algorithm; SHA-2 from RFC 4868 §2.3."""
-
-    MD5 = 1
-    SHA = 2
-    TIGER = 3
-    SHA2_256 = 4
-    SHA2_384 = 5
-    SHA2_512 = 6
 
 
 class AuthMethod(IntEnum):
@@ -269,24 +204,6 @@ class EncapsulationMode(IntEnum):
     UDP_ENCAPSULATED_TRANSPORT = 4
     UDP_ENCAPSULATED_TUNNEL_DRAFT = 61443
     UDP_ENCAPSULATED_TRANSPORT_DRAFT = 61444
-
-
-class IpsecAuthAlgorithm(IntEnum):
-    """RFC 2407 §4.5 Authentication Algorithm and the IANA registry (RFC 4868, RFC 4543)."""
-
-    HMAC_MD5 = 1
-    HMAC_SHA = 2
-    DES_MAC = 3
-    KPDK = 4
-    HMAC_SHA2_256 = 5
-    HMAC_SHA2_384 = 6
-    HMAC_SHA2_512 = 7
-    HMAC_RIPEMD = 8
-    AES_XCBC_MAC = 9
-    SIG_RSA = 10
-    AES_128_GMAC = 11
-    AES_192_GMAC = 12
-    AES_256_GMAC = 13
 
 
 class IdType(IntEnum):

@@ -345,10 +345,16 @@ class Capabilities:
             wanted |= scenario.needs()
         reasons = [f"{f}: {self.reason(f)}" for f in sorted(wanted) if f not in self.features]
         if scenario is not None:
-            for use, names in scenario.transforms().items():
-                supported = self.algorithms.get(use, frozenset())
-                for name in sorted(names - supported):
-                    reasons.append(f"{use} transform {name}: not supported here")
+            reasons += self.check_transforms(scenario)
+        return reasons
+
+    def check_transforms(self, scenario: Scenario) -> list[str]:
+        """Why the scenario's transforms cannot be used; empty if they all can."""
+        reasons = []
+        for use, names in scenario.transforms().items():
+            supported = self.algorithms.get(use, frozenset())
+            for name in sorted(names - supported):
+                reasons.append(f"{use} transform {name}: not supported here")
         return reasons
 
     def require(self, needs: Iterable[str] = (), scenario: Scenario | None = None) -> None:

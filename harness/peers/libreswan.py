@@ -135,21 +135,24 @@ class LibreswanPeer(Peer):
             return Availability(False, "pluto needs root (netns or docker topology)")
         if system.which("certutil") is None:
             return Availability(False, "certutil (libnss3-tools) is missing: scripts/install-peers")
-        version = system.run([str(libexec / "ipsec/pluto"), "--version"], timeout=10)
-        return Availability(version.ok, version.first_line() or "pluto --version failed")
+        pluto = libexec / "ipsec/pluto"
+        version = system.run([str(pluto), "--version"], timeout=10)
+        if not version.ok:
+            return Availability(False, f"{pluto} --version failed: {version.first_line()}")
+        return Availability(True, f"{' '.join(version.first_line().split()[:2])} at {pluto}")
 
     @classmethod
     def capabilities(cls) -> Capabilities:
         from harness.peers.host import kernel_ipsec
 
-        esp, ah, detail = kernel_ipsec() if os.geteuid() == 0 else (False, False, "not root")
+        esp, ah, _ = kernel_ipsec() if os.geteuid() == 0 else (False, False, "not root")
         features = {
             IKEV1, IKEV2, AGGRESSIVE, CHILDLESS, NAT_T, FRAGMENTATION, PSK, DPD, REKEY, IPV6,
             RECONFIGURE, INITIATE, LIST_SAS, IMPAIR,
         }  # fmt: skip
         no_kernel = (
-            "pluto installs IPsec SAs in the kernel's XFRM, and this kernel cannot "
-            f"({detail}; peers.md §4: errno 38); libreswan 4.10 has no userspace data plane"
+            "this kernel cannot install ESP/AH states (probed) and libreswan 4.10 has no "
+            "userspace data plane (peers.md §4: errno 38)"
         )
         if esp:
             features |= {CHILD_SA, ESP, TUNNEL, TRANSPORT, ESN, RAW_ESP}

@@ -50,7 +50,8 @@ STATUS = {
     Verdict.ERROR: "broken",
 }
 
-# Allure matches messageRegex against the whole message (Java's matches()), hence (?s) and .*
+# Allure matches messageRegex against the whole message (Java's matches()), hence (?s) and .*;
+# allure-pytest prefixes pytest.fail()'s message with "Failed: ".
 CATEGORIES: list[dict[str, object]] = [
     {
         "name": "Known peer behaviour",
@@ -61,12 +62,12 @@ CATEGORIES: list[dict[str, object]] = [
     {
         "name": "MUST not met",
         "matchedStatuses": ["failed"],
-        "messageRegex": r"(?s)\[MUST( NOT)?\].*",
+        "messageRegex": r"(?s)(Failed: )?\[MUST( NOT)?\].*",
     },
     {
         "name": "SHOULD not met (--strict)",
         "matchedStatuses": ["failed"],
-        "messageRegex": r"(?s)\[(SHOULD|SHOULD NOT|MAY)\].*",
+        "messageRegex": r"(?s)(Failed: )?\[(SHOULD|SHOULD NOT|MAY)\].*",
     },
     {
         "name": "SHOULD not met (warnings)",

@@ -57,8 +57,8 @@ def from_run(run: RunResults, peers: Iterable[str] | None = None) -> Baseline:
     wanted = set(peers) if peers else None
     out: dict[str, dict[str, dict[str, Verdict]]] = {}
     for r in run.sorted_results():
-        if wanted is not None and r.peer not in wanted:
-            continue
+        if (wanted is not None and r.peer not in wanted) or r.verdict is Verdict.ERROR:
+            continue  # a harness error is never an expected result
         out.setdefault(r.peer, {}).setdefault(r.case, {})[r.role.value] = r.verdict
     return Baseline(out)
 
@@ -81,6 +81,9 @@ def dump(run: RunResults, peers: Iterable[str] | None = None) -> str:
         p = info.peer(peer)
         if p is not None:
             lines.append(f"# {peer}: {p.implementation} {p.version or '(version unknown)'}")
+    for r in run.sorted_results():
+        if r.verdict is Verdict.ERROR and (peers is None or r.peer in set(peers)):
+            lines.append(f"# not included: {r.case} {r.peer} {r.role.value}: harness error")
     lines += [
         "# Verdicts: pass, fail, warning, not_applicable, recorded.",
         "# A new failure or a new pass against this file makes `run --baseline` exit 1.",
@@ -119,7 +122,9 @@ def load(path: Path) -> Baseline:
 def parse(data: object, *, source: str = "baseline") -> Baseline:
     if not isinstance(data, dict) or data.get("baseline") != BASELINE_VERSION:
         raise BaselineError(f"{source}: not an ipsec-interop baseline (version {BASELINE_VERSION})")
-    peers_data = data.get("peers") or {}
+    peers_data = data.get("peers")
+    if peers_data is None:
+        peers_data = {}
     if not isinstance(peers_data, dict):
         raise BaselineError(f"{source}: 'peers' must be a mapping")
     out: dict[str, dict[str, dict[str, Verdict]]] = {}

@@ -99,7 +99,7 @@ def merge(
             j, other = prev
             where = f"{'/'.join(r.key)}: {files[j] or runs[j].run.id} says {other.verdict.value}, "
             where += f"{label} says {r.verdict.value}"
-            if on_conflict == "error":
+            if on_conflict == "error" and other.verdict != r.verdict:
                 raise MergeError(f"conflict: {where}")
             if on_conflict == "latest":
                 keep_new = r.start >= other.start

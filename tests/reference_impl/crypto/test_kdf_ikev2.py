@@ -151,3 +151,48 @@ def test_prf_plus_limits() -> None:
 def test_ike_keys_rejects_bad_spis() -> None:
     with pytest.raises(LocalProtocolError):
         ikev2_ike_keys(prf(5), b"s", b"n", b"n", b"1234", b"12345678", 16, 32)
+
+
+# NIST CAVP SP 800-135 IKEv2 KDF component test, [SHA-1] with 64-bit nonces, 256-bit g^ir and a
+# 1056-bit DKM (the sample libreswan's CAVS driver documents with its inputs and outputs).
+CAVP_IKEV2_SHA1 = dict(
+    gir="4b2c1f971981a8ad8d0abeafabf38cf75fc8349c148142465ed9c8b516b8be52",
+    girnew="863f3c9d06efd39d2b907b97f8699e5dd5251ef64a2a176f36ee40c87d4f9330",
+    ni="32b50d5f4a3763f3",
+    nr="9206a04b26564cb1",
+    spii="34c9e7c188868785",
+    spir="3ff77d760d2b2199",
+    skeyseed="a9a7b222b59f8f48645f28a1db5b5f5d7479cba7",
+    dkm="a14293677cc80ff8f9cc0eee30d895da9d8f405666e30ef0dfcb63c634a46002a2a63080e514a062768b"
+    "76606f9fa5e992204fc5a670bde3f10d6b027113936a5c55b648a194ae587b0088d52204b702c979fa2808"
+    "70d2ed41efa9c549fd11198af1670b143d384bd275c5f594cf266b05ebadca855e4249520a441a81157435"
+    "a7a56cc4",
+    dkm_child="8059e3ee8810e6c3a91bc8bcd2a7a41151b8d0e6ae239c7b38093ad85ef4c5811a8e7b5d1cdab"
+    "d9560b2d5e092d1f24e2d4b85eccdf0ad0dc9abd94b51ee71814ca6dbc8bb51b6309f5b9545c7eb35cf5580b"
+    "1e521a8fe20754a2d883ba0c2cf285f524aea6545b33106bc03e614296d319d41d4b50b3f510b1c0a22f3e"
+    "664994d234cb4",
+    dkm_child_dh="bb43244c1860ad65ee1e211ffe8bb3661750c8f89cb9f547df7f4fa61d37301628190e38c"
+    "66232eab4b3ab14c400a5197dd3730ed4820a8a10394d51e1c0400052f63ebd36b0e7ef53aaed31eba4a50"
+    "80d7d4b5666023a8bbb5ffb7857240f9a05884d1b7d2f933708450b7b3288f1fc863ab49fa901227cffc06"
+    "e27899c7054d56fd74c",
+    skeyseed_rekey="63e81194946ebd05df7df5ebf5d8750056bf1f1d",
+)
+
+
+def test_cavp_sp800_135_ikev2_chain() -> None:
+    v = {k: bytes.fromhex(x) for k, x in CAVP_IKEV2_SHA1.items()}
+    f = prf(PrfId.PRF_HMAC_SHA1)
+    skeyseed = ikev2_skeyseed(f, v["ni"], v["nr"], v["gir"])
+    assert skeyseed == v["skeyseed"]
+    seed = v["ni"] + v["nr"] + v["spii"] + v["spir"]
+    dkm = prf_plus(f, skeyseed, seed, len(v["dkm"]))
+    assert dkm == v["dkm"]
+    keys = ikev2_ike_keys(f, skeyseed, v["ni"], v["nr"], v["spii"], v["spir"], 16, 20)
+    assert keys.sk_d == dkm[:20]  # SK_d is the first prf-key-length octets of DKM
+    half = len(v["dkm_child"]) // 2  # encr_i | integ_i | encr_r | integ_r over 132 octets
+    child = ikev2_child_keymat(f, keys.sk_d, v["ni"], v["nr"], half, 0)
+    assert child.encr_i + child.encr_r == v["dkm_child"]
+    child_dh = ikev2_child_keymat(f, keys.sk_d, v["ni"], v["nr"], half, 0, g_ir=v["girnew"])
+    assert child_dh.encr_i + child_dh.encr_r == v["dkm_child_dh"]
+    rekey = ikev2_rekey_skeyseed(f, keys.sk_d, v["girnew"], v["ni"], v["nr"])
+    assert rekey == v["skeyseed_rekey"]

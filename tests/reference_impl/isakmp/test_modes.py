@@ -1,0 +1,180 @@
+"""Aggressive Mode, NAT-T, PFS, AH, transport mode with NAT-OA, both roles (RFC 2409 §5,
+§5.5; RFC 3947)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reference_impl.crypto.ids import DhId
+from reference_impl.events import (
+    ChildSaEstablished,
+    FailureReason,
+    IkeSaEstablished,
+    NegotiationFailed,
+)
+from reference_impl.isakmp.codec import KePayload, decode_message
+from reference_impl.isakmp.constants import ExchangeType, VendorId
+from reference_impl.sa import Mode
+from tests.reference_impl.isakmp.algs import AH_SHA256, ESP_GCM
+from tests.reference_impl.isakmp.link import Link, child, conn_pair, make_link
+
+
+def _ok(link: Link) -> tuple[ChildSaEstablished, ChildSaEstablished]:
+    assert len(link.of("a", IkeSaEstablished)) == 1 and len(link.of("b", IkeSaEstablished)) == 1
+    assert not link.of("a", NegotiationFailed) and not link.of("b", NegotiationFailed)
+    (ca,) = link.of("a", ChildSaEstablished)
+    (cb,) = link.of("b", ChildSaEstablished)
+    assert ca.pair.outbound.spi == cb.pair.inbound.spi
+    assert ca.pair.outbound.encr_key == cb.pair.inbound.encr_key
+    assert ca.pair.outbound.integ_key == cb.pair.inbound.integ_key
+    assert ca.pair.inbound.encr_key == cb.pair.outbound.encr_key
+    return ca, cb
+
+
+def test_aggressive_refused_by_default() -> None:
+    """strongSwan: 'Aggressive Mode PSK disabled for security reasons' -> AUTHENTICATION-FAILED."""
+    link = make_link(conn_pair(aggressive=True))
+    link.a.initiate("t", 0.0)
+    link.pump(until=30)
+    (f,) = link.of("a", NegotiationFailed)
+    assert f.reason == FailureReason.AUTHENTICATION_FAILED and f.notify == 24 and f.peer_replied
+    assert link.b.ike_sa_ids() == []
+
+
+@pytest.mark.parametrize("lost", [None, 0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_aggressive_psk_allowed(lost: int | None, initiator: str) -> None:
+    link = make_link(conn_pair(aggressive=True), allow_aggressive_psk=True)
+    seen: list[bytes] = []
+
+    def drop(n: int, side: str, d: object) -> bool:
+        data = d.data  # type: ignore[attr-defined]
+        if data in seen:
+            return False
+        seen.append(data)
+        return len(seen) - 1 == lost
+
+    link.drop = drop
+    (link.a if initiator == "a" else link.b).initiate("t", 0.0)
+    link.pump(until=20)
+    _ok(link)
+    first = decode_message(link.sent[0][2].data)
+    assert first.header.exchange_type == ExchangeType.AGGRESSIVE
+    if lost is None:
+        assert len(link.sent) == 6  # AM1-3, QM1-3
+
+
+def test_nat_detected_floats_to_4500_and_encapsulates() -> None:
+    """A NAPT in front of A (500->1500, 4500->40000): NAT-D reveals it (RFC 3947 §3.2), IKE
+    floats to 4500 with MM5 (§4), ESP goes in UDP to the mapped port (RFC 3948)."""
+    a, b = conn_pair()
+    b = dataclasses.replace(b, remote_addr="%any")
+    link = make_link((a, b))
+    link.nat = ("198.51.100.7", {500: 1500, 4500: 40000})
+    link.a.initiate("t", 0.0)
+    link.pump(until=20)
+    ca, cb = _ok(link)
+    assert ca.pair.outbound.encap == (4500, 4500)
+    assert cb.pair.outbound.encap == (4500, 40000)  # B answers the NAT's mapping
+    assert cb.pair.outbound.dst == "198.51.100.7"
+    ports = [(d.src_port, d.dst[1]) for _, _, d in link.sent]
+    assert ports[:4] == [(500, 500), (500, 1500), (500, 500), (500, 1500)]
+    assert ports[4:] == [(4500, 4500), (4500, 40000)] * 2 + [(4500, 4500)]
+    (ea,) = link.of("a", IkeSaEstablished)
+    assert ea.local == ("192.0.2.1", 4500) and ea.peer == ("192.0.2.2", 4500)
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_forced_encapsulation_like_strongswan(initiator: str) -> None:
+    """force_encap fakes the NAT-D source hash: both sides see a NAT and use modes 3/4."""
+    a, b = conn_pair(force_encap=True)
+    link = make_link((a, b))
+    (link.a if initiator == "a" else link.b).initiate("t", 0.0)
+    link.pump(until=20)
+    ca, cb = _ok(link)
+    assert ca.pair.outbound.encap == (4500, 4500) and cb.pair.inbound.encap == (4500, 4500)
+    assert [d.src_port for _, _, d in link.sent][4:] == [4500] * 5
+
+
+def test_vendor_ids_sent() -> None:
+    link = make_link(conn_pair())
+    link.a.initiate("t", 0.0)
+    link.pump(until=5)
+    vids = [p.data for p in decode_message(link.sent[0][2].data).payloads[1:]]  # type: ignore[union-attr]
+    assert VendorId.DPD in vids and VendorId.NAT_T_RFC3947 in vids
+    assert VendorId.NAT_T_DRAFT_02_N in vids
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_quick_mode_pfs_gcm(initiator: str) -> None:
+    kw = {"transforms": (ESP_GCM,), "pfs_group": DhId.ECP_256}
+    a, b = conn_pair(child_a=child(**kw), child_b=child("c", "10.2.0.0/24", "10.1.0.0/24", **kw))
+    link = make_link((a, b))
+    (link.a if initiator == "a" else link.b).initiate("t", 0.0)
+    link.pump(until=5)
+    ca, _ = _ok(link)
+    assert len(ca.pair.outbound.encr_key) == 36 and ca.pair.outbound.integ_id is None
+    qm1 = link.sent[6][2]
+    assert decode_message(qm1.data).header.exchange_type == ExchangeType.QUICK_MODE
+
+
+def test_pfs_mismatch_no_proposal() -> None:
+    a, b = conn_pair(
+        child_a=child(pfs_group=DhId.MODP_2048),
+        child_b=child("c", "10.2.0.0/24", "10.1.0.0/24"),
+    )
+    link = make_link((a, b))
+    link.a.initiate("t", 0.0, acquire_id=3)
+    link.pump(until=10)
+    assert len(link.of("a", IkeSaEstablished)) == 1
+    (f,) = link.of("a", NegotiationFailed)
+    assert f.reason == FailureReason.NO_PROPOSAL_CHOSEN and f.acquire_id == 3
+    assert not link.of("a", ChildSaEstablished)
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_ah_transport_mode(initiator: str) -> None:
+    kw = {"transforms": (AH_SHA256,), "mode": Mode.TRANSPORT}
+    a, b = conn_pair(
+        child_a=child(local="192.0.2.1/32", remote="192.0.2.2/32", **kw),
+        child_b=child("c", "192.0.2.2/32", "192.0.2.1/32", **kw),
+    )
+    link = make_link((a, b))
+    (link.a if initiator == "a" else link.b).initiate("t", 0.0)
+    link.pump(until=5)
+    ca, _ = _ok(link)
+    assert ca.pair.outbound.protocol == 2 and ca.pair.outbound.mode == Mode.TRANSPORT
+    assert ca.pair.outbound.encr_key == b"" and len(ca.pair.outbound.integ_key) == 32
+
+
+def test_transport_mode_behind_nat_sends_nat_oa() -> None:
+    kw = {"mode": Mode.TRANSPORT}
+    a, b = conn_pair(
+        force_encap=True,
+        child_a=child(local="192.0.2.1/32", remote="192.0.2.2/32", **kw),
+        child_b=child("c", "192.0.2.2/32", "192.0.2.1/32", **kw),
+    )
+    link = make_link((a, b))
+    link.a.initiate("t", 0.0)
+    link.pump(until=5)
+    ca, _ = _ok(link)
+    assert ca.pair.outbound.mode == Mode.TRANSPORT and ca.pair.outbound.encap is not None
+
+
+def test_ts_mismatch_refused() -> None:
+    a, b = conn_pair(child_b=child("c", "10.9.0.0/24", "10.1.0.0/24"))
+    link = make_link((a, b))
+    link.a.initiate("t", 0.0)
+    link.pump(until=10)
+    (f,) = link.of("a", NegotiationFailed)
+    assert f.reason in (FailureReason.TS_UNACCEPTABLE, FailureReason.PEER_SILENT)
+
+
+def test_ke_payload_is_the_group_size() -> None:
+    link = make_link(conn_pair())
+    link.a.initiate("t", 0.0)
+    link.pump(until=5)
+    ke = decode_message(link.sent[2][2].data).find(KePayload)
+    assert ke is not None and len(ke.data) == 256  # MODP_2048

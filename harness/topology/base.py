@@ -61,6 +61,11 @@ FEATURE_BINDS = "binds"  # per-process bind mounts and a private /run (Node.spaw
 
 T = TypeVar("T")
 
+TCPDUMP = ("tcpdump", "-n", "--immediate-mode", "-U", "-s", "0", "-Z", "root")
+"""tcpdump for captures: ``--immediate-mode`` and ``-U`` hand over and write each packet at
+once (nothing is lost in a ring-buffer block at stop, and a killed run still leaves a
+readable pcap); ``-Z root``: do not drop to the tcpdump user, who cannot write our dirs."""
+
 _NODE_NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 
 

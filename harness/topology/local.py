@@ -33,6 +33,7 @@ from harness.topology.base import (
     FEATURE_CAPTURE,
     FEATURE_DROP,
     FEATURE_REJECT,
+    TCPDUMP,
     Addresses,
     Capture,
     Link,
@@ -144,9 +145,8 @@ class LocalNode(Node):
         path = self.topology.pcap_path(name)
         proc = self.spawn(
             f"tcpdump-{name}",
-            ["tcpdump", "-i", interface or "lo", "-n", "-U", "-s", "0", "-Z", "root",
-             "-w", str(path), "host", self.addresses.v4],
-        )  # fmt: skip
+            [*TCPDUMP, "-i", interface or "lo", "-w", str(path), "host", self.addresses.v4],
+        )
         proc.wait_for_log(r"listening on ", timeout=10)
         cap = Capture(path, proc)
         self.topology.captures.append(cap)

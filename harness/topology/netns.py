@@ -34,6 +34,7 @@ from harness.topology.base import (
     FEATURE_REJECT,
     FEATURE_ROOT,
     FEATURE_STANDARD_PORTS,
+    TCPDUMP,
     Addresses,
     Capture,
     Link,
@@ -166,7 +167,8 @@ class NetnsNode(Node):
             # Per ten thousand, so fractional percentages work; ICMPv6 (neighbour discovery)
             # is spared, or the link itself would flap.
             share = round(fw.loss_percent * 100)
-            rule = f"meta l4proto != ipv6-icmp numgen random mod 10000 < {share} drop"
+            chance = f"numgen random mod 10000 < {share} " if share < 10000 else ""
+            rule = f"meta l4proto != ipv6-icmp {chance}drop"
             if fw.loss_direction in ("in", "both"):
                 inbound.append(f'iifname != "lo" {rule}')
             if fw.loss_direction in ("out", "both"):
@@ -189,12 +191,8 @@ class NetnsNode(Node):
         iface = interface or self.iface
         name = name or f"{self.name}-{iface}"
         path = self.topology.pcap_path(name)
-        # -U: write each packet at once (a killed run still leaves a readable pcap);
-        # -Z root: do not drop to the tcpdump user, who cannot write into our directories.
         proc = self.spawn(
-            f"tcpdump-{name}",
-            ["tcpdump", "-i", iface, "-n", "-U", "-s", "0", "-Z", "root", "-w", str(path)],
-            private_run=False,
+            f"tcpdump-{name}", [*TCPDUMP, "-i", iface, "-w", str(path)], private_run=False
         )
         proc.wait_for_log(r"listening on ", timeout=10)
         cap = Capture(path, proc)

@@ -327,18 +327,19 @@ def _encap_value(offer: Phase2Offer) -> int:
 
 
 def phase2_transform(t: Phase2Transform, number: int, offer: Phase2Offer) -> Transform:
+    """Attributes in strongSwan's order (key length, auth, mode, lifetimes; seen in its QM1)."""
     attrs: list[Attribute] = []
+    if t.key_bits is not None:
+        attrs.append(Attribute(IpsecAttr.KEY_LENGTH, t.key_bits))
+    if t.auth_algorithm is not None:
+        attrs.append(Attribute(IpsecAttr.AUTHENTICATION_ALGORITHM, t.auth_algorithm))
+    attrs.append(Attribute(IpsecAttr.ENCAPSULATION_MODE, _encap_value(offer)))
     if offer.life_seconds is not None:
         attrs.append(Attribute(IpsecAttr.SA_LIFE_TYPE, LifeType.SECONDS))
         attrs.append(Attribute.integer(IpsecAttr.SA_LIFE_DURATION, offer.life_seconds))
     if offer.life_kilobytes is not None:
         attrs.append(Attribute(IpsecAttr.SA_LIFE_TYPE, LifeType.KILOBYTES))
         attrs.append(Attribute.integer(IpsecAttr.SA_LIFE_DURATION, offer.life_kilobytes))
-    attrs.append(Attribute(IpsecAttr.ENCAPSULATION_MODE, _encap_value(offer)))
-    if t.auth_algorithm is not None:
-        attrs.append(Attribute(IpsecAttr.AUTHENTICATION_ALGORITHM, t.auth_algorithm))
-    if t.key_bits is not None:
-        attrs.append(Attribute(IpsecAttr.KEY_LENGTH, t.key_bits))
     if offer.pfs_group is not None:
         attrs.append(Attribute(IpsecAttr.GROUP_DESCRIPTION, offer.pfs_group))
     if t.esn:

@@ -190,3 +190,36 @@ def test_quick_mode_and_keymat(keys: dict[str, bytes], ike: list[tuple[bytes, Me
     assert k_out[16:] == log_value("integrity initiator key")
     assert k_in[:16] == log_value("encryption responder key")
     assert k_in[16:] == log_value("integrity responder key")
+
+
+def test_our_quick_mode_sa_is_strongswans(
+    ike: list[tuple[bytes, Message]], keys: dict[str, bytes]
+) -> None:
+    """Our phase-2 SA for the capture's choice encodes exactly as strongSwan's QM1 SA."""
+    from reference_impl.crypto.ids import Ikev1AuthAlgorithm, Ikev1EspTransformId
+    from reference_impl.isakmp.proposals import Phase2Offer, Phase2Transform, phase2_sa
+    from reference_impl.sa import IpsecProtocol, Mode
+
+    c = _cipher(kdf1.ikev1_encryption_key(PRF, keys["e"], 32))
+    qm1 = ike[6][1]
+    iv = kdf1.ikev1_phase2_iv(PRF, ike[5][1].ciphertext[-16:], qm1.header.message_id, 16)
+    p1 = decode_payloads(qm1.header.next_payload, c.decrypt(iv, qm1.ciphertext), padded=True)
+    theirs = p1[1]
+    assert isinstance(theirs, SaPayload)
+    t = Phase2Transform(
+        IpsecProtocol.ESP, Ikev1EspTransformId.ESP_AES_CBC, 128, Ikev1AuthAlgorithm.HMAC_SHA2_256
+    )
+    ours = phase2_sa(
+        [t],
+        {IpsecProtocol.ESP: theirs.proposals[0].spi},
+        Phase2Offer(Mode.TUNNEL, True, False, None, 3960, None),
+    )
+    assert ours.encode_body() == theirs.body
+
+
+def test_our_phase1_sa_is_strongswans(ike: list[tuple[bytes, Message]]) -> None:
+    from reference_impl.isakmp.proposals import phase1_sa
+
+    theirs = ike[0][1].find(SaPayload)
+    assert theirs is not None
+    assert phase1_sa([Phase1Transform(7, 256, 4, 1, 14, 15840)]).encode_body() == theirs.body

@@ -44,6 +44,7 @@ from harness.peers.base import (
     NotApplicable,
     Peer,
     Proposal,
+    SaKeys,
     Scenario,
 )
 
@@ -187,8 +188,17 @@ class ExternalPeer(Peer):
     def terminate(self, *, timeout: float = 10.0) -> None:
         raise self._refuse(INITIATE)
 
+    def rekey_child(self, *, timeout: float = 10.0) -> None:
+        raise self._refuse(REKEY)
+
+    def rekey_ike(self, *, timeout: float = 10.0) -> None:
+        raise self._refuse(REKEY)
+
     def list_sas(self) -> list[IkeSaState]:
         raise self._refuse(LIST_SAS)
+
+    def keys(self) -> SaKeys:
+        raise self._refuse(KEYS)
 
 
 def _ike_rest() -> frozenset[str]:

@@ -156,13 +156,16 @@ class Phase1State(Enum):
 
 @dataclass(slots=True)
 class Counters:
-    """Dropped input by reason (bad input is a counted drop, never a crash)."""
+    """Dropped input by reason (bad input is a counted drop, never a crash). The keys are a
+    bounded set (the notify type or ``"silent"``/``"local"``); ``last_error`` says more."""
 
     received: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    last_error: str = ""
 
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+    def drop(self, key: str, detail: str) -> None:
+        self.dropped[key] = self.dropped.get(key, 0) + 1
+        self.last_error = detail
 
 
 @dataclass(slots=True)
@@ -347,9 +350,9 @@ class IsakmpService:
         try:
             self._receive(bytes(data), addr, now, local_port)
         except RemoteProtocolError as e:
-            self.counters.drop(f"remote: {e}")
+            self.counters.drop(_notify_name(e.notify) if e.notify else "silent", str(e))
         except LocalProtocolError as e:  # a bug or config problem; never crash the node
-            self.counters.drop(f"local: {e}")
+            self.counters.drop("local", str(e))
 
     def handle_timer(self, now: float) -> None:
         for sa in list(self._sas.values()):
@@ -1099,15 +1102,16 @@ class IsakmpService:
         q.id_ci, q.id_cr = id_from_selector(cfg.local_ts), id_from_selector(cfg.remote_ts)
         rest += [q.id_ci, q.id_cr]
         if offer.udp_encap and cfg.mode == Mode.TRANSPORT:
-            rest += self._nat_oa(sa)
+            rest += self._nat_oa(sa, qm_initiator=True)
         self._send_quick(sa, q, rest, now, hash_prefix=b"", request=True)
 
-    def _nat_oa(self, sa: _Phase1) -> list[AnyPayload]:
-        """RFC 3947 §5.2: NAT-OAi and NAT-OAr in transport mode."""
+    def _nat_oa(self, sa: _Phase1, qm_initiator: bool) -> list[AnyPayload]:
+        """RFC 3947 §5.2: NAT-OAi and NAT-OAr (of the Quick Mode's initiator and responder)
+        in transport mode."""
         t = PayloadType.NAT_OA if sa.natt == VendorId.NAT_T_RFC3947 else PayloadType.NAT_OA_DRAFT
         mine = ipaddress.ip_address(sa.local_addr)
         theirs = ipaddress.ip_address(sa.peer[0])
-        first, second = (mine, theirs) if sa.initiator else (theirs, mine)
+        first, second = (mine, theirs) if qm_initiator else (theirs, mine)
         return [NatOaPayload(first, t), NatOaPayload(second, t)]
 
     def _send_quick(
@@ -1250,7 +1254,7 @@ class IsakmpService:
                 IdPayload(ids[1].id_type, ids[1].data, ids[1].protocol_id, ids[1].port),
             ]
         if udp_encap and choice.mode == Mode.TRANSPORT:
-            rest += self._nat_oa(sa)
+            rest += self._nat_oa(sa, qm_initiator=False)
         sa.quick[q.msgid] = q
         # HASH(2) = prf(SKEYID_a, M-ID | Ni_b | SA | Nr [| KE] [| IDci | IDcr])
         self._send_quick(sa, q, rest, now, hash_prefix=q.ni, request=True)

@@ -65,6 +65,8 @@ class Link:
     now: float = 0.0
     drop: Callable[[int, str, Datagram], bool] = lambda n, side, d: False
     """Called for each datagram with its running number and sender ('a'/'b')."""
+    mutate: Callable[[int, str, bytes], bytes] = lambda n, side, data: data
+    """Rewrites a datagram in flight (after ``drop``)."""
     sent: list[tuple[float, str, Datagram]] = field(default_factory=list)
     events_a: list[Event] = field(default_factory=list)
     events_b: list[Event] = field(default_factory=list)
@@ -110,7 +112,8 @@ class Link:
                     else:
                         assert d.dst[0] == public, d
                         dport = {v: k for k, v in ports.items()}[dport]
-                dst.receive_datagram(d.data, (src_addr, sport), self.now, local_port=dport)
+                data = self.mutate(n, side, d.data)
+                dst.receive_datagram(data, (src_addr, sport), self.now, local_port=dport)
         return moved
 
     def of(self, side: str, cls: type) -> list:  # type: ignore[type-arg]

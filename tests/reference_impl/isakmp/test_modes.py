@@ -178,3 +178,84 @@ def test_ke_payload_is_the_group_size() -> None:
     link.pump(until=5)
     ke = decode_message(link.sent[2][2].data).find(KePayload)
     assert ke is not None and len(ke.data) == 256  # MODP_2048
+
+
+def _drop_nth_new(lost: int) -> object:
+    seen: list[bytes] = []
+
+    def drop(n: int, side: str, d: object) -> bool:
+        data = d.data  # type: ignore[attr-defined]
+        if data in seen:
+            return False
+        seen.append(data)
+        return len(seen) - 1 == lost
+
+    return drop
+
+
+@pytest.mark.parametrize("lost", range(9))
+def test_nat_float_with_loss(lost: int) -> None:
+    """Loss at each position while the NAT makes IKE float to 4500 at MM5."""
+    a, b = conn_pair()
+    b = dataclasses.replace(b, remote_addr="%any")
+    link = make_link((a, b))
+    link.nat = ("198.51.100.7", {500: 1500, 4500: 40000})
+    link.drop = _drop_nth_new(lost)  # type: ignore[assignment]
+    link.a.initiate("t", 0.0)
+    link.pump(until=20)
+    _, cb = _ok(link)
+    assert cb.pair.outbound.encap == (4500, 40000)
+
+
+@pytest.mark.parametrize("lost", [None, 0, 1, 2])
+def test_aggressive_with_nat(lost: int | None) -> None:
+    """Aggressive Mode: NAT-D in AM2/AM3 and the float with AM3 (RFC 3947 §4)."""
+    a, b = conn_pair(aggressive=True)
+    b = dataclasses.replace(b, remote_addr="%any")
+    link = make_link((a, b), allow_aggressive_psk=True)
+    link.nat = ("198.51.100.7", {500: 1500, 4500: 40000})
+    if lost is not None:
+        link.drop = _drop_nth_new(lost)  # type: ignore[assignment]
+    link.a.initiate("t", 0.0)
+    link.pump(until=20)
+    _, cb = _ok(link)
+    assert cb.pair.outbound.encap == (4500, 40000)
+    am3 = [d for _, side, d in link.sent if side == "a" and d.data[18] == ExchangeType.AGGRESSIVE]
+    assert am3[-1].src_port == 4500 and am3[0].src_port == 500  # AM3 already on 4500
+
+
+def test_commit_bit_ignored_safely() -> None:
+    """RFC 2408 §3.1/§4.8: a Quick Mode initiator setting the commit bit; we neither wait for
+    nor send CONNECTED, and the SAs come up as usual on both sides."""
+    link = make_link(conn_pair(dpd_delay=None))
+
+    def set_commit(n: int, side: str, data: bytes) -> bytes:
+        if data[18] == ExchangeType.QUICK_MODE:
+            return data[:19] + bytes([data[19] | 0x02]) + data[20:]
+        return data
+
+    link.mutate = set_commit
+    link.a.initiate("t", 0.0)
+    link.pump(until=10)
+    _ok(link)
+    assert len(link.sent) == 9
+
+
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_second_child_initiated_by_phase1_responder(initiator: str) -> None:
+    """Either end may start a Quick Mode over an ISAKMP SA (RFC 2409 §5.5)."""
+    c2a = child("d", "10.1.1.0/24", "10.2.1.0/24")
+    c2b = child("d", "10.2.1.0/24", "10.1.1.0/24")
+    a, b = conn_pair(dpd_delay=None)
+    a = dataclasses.replace(a, children=(*a.children, c2a))
+    b = dataclasses.replace(b, children=(*b.children, c2b))
+    link = make_link((a, b))
+    link.a.initiate("t", 0.0, child="c")
+    link.pump(until=5)
+    other = link.b if initiator == "a" else link.a
+    other.initiate("t", link.now, child="d")
+    link.pump(until=10)
+    assert len(link.a.ike_sa_ids()) == 1
+    names_a = sorted(e.pair.name for e in link.of("a", ChildSaEstablished))
+    names_b = sorted(e.pair.name for e in link.of("b", ChildSaEstablished))
+    assert names_a == names_b == ["c", "d"]

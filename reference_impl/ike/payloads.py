@@ -153,8 +153,9 @@ def _decode_sa(data: bytes, off: int, end: int) -> SaPayload:
             raise syntax_error(f"bad Last Substruc {last} in proposal")
         if plen < 8 + spi_size or off + plen > end:
             raise syntax_error("bad proposal length")
-        expected = 1 if not proposals else proposals[-1].num
-        if num not in (expected, expected + 1) or (not proposals and num != 1):
+        # §3.3.1: numbered from 1, each one the same (AND) or one more than the previous; an
+        # answer carries the one chosen proposal with its original number (§3.3.6).
+        if (proposals and num not in (proposals[-1].num, proposals[-1].num + 1)) or num == 0:
             raise syntax_error(f"proposal number {num} out of sequence")
         pend = off + plen
         toff = off + 8 + spi_size

@@ -254,7 +254,7 @@ SA_OFF = HEADER_LEN + 4  # first proposal
     ("offset", "value", "why"),
     [
         (SA_OFF, b"\x03", "bad Last Substruc in proposal"),
-        (SA_OFF + 4, b"\x02", "first proposal number not 1"),
+        (SA_OFF + 4, b"\x00", "proposal number 0"),
         (SA_OFF + 7, b"\x05", "transform count"),
         (SA_OFF + 8, b"\x02", "bad Last Substruc in transform"),
         (SA_OFF + 2, b"\x00\x07", "proposal length too small"),

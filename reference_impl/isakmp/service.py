@@ -133,13 +133,17 @@ NONCE_LEN = 32
 
 @dataclass(frozen=True, slots=True)
 class Datagram:
-    """One UDP datagram to send: payload, destination, and the local port to send it from
-    (4500 means the node prepends the non-ESP marker, RFC 3948 §2.2)."""
+    """One UDP datagram to send (the same shape as the IKEv2 service's).
+
+    ``src`` is the local (address, port) to send from: the port says which socket (500 or
+    4500). ``marker``: prefix the non-ESP marker (RFC 3948 §2.2); true for IKE messages on
+    4500, false for NAT-T keepalives (one octet 0xFF, RFC 3948 §2.3).
+    """
 
     data: bytes
+    src: Address
     dst: Address
-    src_port: int = IKE_PORT
-    src: str = ""
+    marker: bool = False
 
 
 class Phase1State(Enum):
@@ -271,6 +275,7 @@ class _Phase1:
     dpd_seq: int = 0
     dpd_retx: Retransmitter | None = None
     dpd_waiting: int | None = None
+    keepalive_at: float | None = None
     info_seen: deque[int] = field(default_factory=lambda: deque(maxlen=64))
 
     @property
@@ -325,6 +330,7 @@ class IsakmpService:
         self,
         connection: str,
         now: float,
+        *,
         child: str | None = None,
         acquire_id: int | None = None,
     ) -> bytes:
@@ -343,12 +349,15 @@ class IsakmpService:
         return sa.ike_sa_id
 
     def receive_datagram(
-        self, data: bytes, addr: Address, now: float, local_port: int = IKE_PORT
+        self, data: bytes, addr: Address, now: float, local: Address | None = None
     ) -> None:
-        """One UDP payload from ``addr`` that arrived on ``local_port`` (marker stripped)."""
+        """One IKE datagram from ``addr`` received on ``local`` (address, port), the non-ESP
+        marker already stripped. ``local`` defaults to port 500 of the configured address."""
         self.counters.received += 1
+        local_port = local[1] if local is not None else IKE_PORT
+        local_addr = local[0] if local is not None else ""
         try:
-            self._receive(bytes(data), addr, now, local_port)
+            self._receive(bytes(data), addr, now, local_port, local_addr)
         except RemoteProtocolError as e:
             self.counters.drop(_notify_name(e.notify) if e.notify else "silent", str(e))
         except LocalProtocolError as e:  # a bug or config problem; never crash the node
@@ -421,9 +430,12 @@ class IsakmpService:
 
     # ---------------------------------------------------------------- output helpers
 
+    def _dgram(self, sa: _Phase1, data: bytes) -> Datagram:
+        return Datagram(data, (sa.local_addr, sa.local_port), sa.peer, sa.local_port == NATT_PORT)
+
     def _send(self, sa: _Phase1, data: bytes, now: float, request: bool) -> None:
         sa.last_sent = data
-        self._out.append(Datagram(data, sa.peer, sa.local_port, sa.local_addr))
+        self._out.append(self._dgram(sa, data))
         if request:
             if sa.retx is None:
                 sa.retx = Retransmitter(self.settings.retransmit)
@@ -1011,6 +1023,8 @@ class IsakmpService:
         sa.last_activity = now
         sa.deadline = None
         sa.last_p1_block = sa.iv
+        if sa.nat_local and sa.floated and self.settings.natt_keepalive is not None:
+            sa.keepalive_at = now + self.settings.natt_keepalive
         life = lifetime_min(sa.chosen.life_seconds, sa.conn.life_seconds) or sa.conn.life_seconds
         sa.expire_at = now + life
         if sa.initiator and sa.conn.rekey_margin < life:
@@ -1132,7 +1146,7 @@ class IsakmpService:
         payloads: list[AnyPayload] = [HashPayload(h), *rest]
         data, q.iv = self._protected(sa, ExchangeType.QUICK_MODE, q.msgid, payloads, q.iv)
         q.last_sent = data
-        self._out.append(Datagram(data, sa.peer, sa.local_port, sa.local_addr))
+        self._out.append(self._dgram(sa, data))
         if request:
             q.retx = Retransmitter(self.settings.retransmit)
             q.retx.start((data,), now)
@@ -1153,7 +1167,7 @@ class IsakmpService:
         if q is not None and data == q.last_rcvd:
             # a retransmission of what we answered: repeat our answer (if we have one)
             if q.last_sent and q.initiator == q.done:
-                self._out.append(Datagram(q.last_sent, sa.peer, sa.local_port, sa.local_addr))
+                self._out.append(self._dgram(sa, q.last_sent))
             return
         if q is None:
             assert sa.prf_alg is not None
@@ -1324,7 +1338,7 @@ class IsakmpService:
         h3 = self._hash3(sa, q)
         out, q.iv = self._protected(sa, ExchangeType.QUICK_MODE, q.msgid, [HashPayload(h3)], q.iv)
         q.last_sent = out
-        self._out.append(Datagram(out, sa.peer, sa.local_port, sa.local_addr))
+        self._out.append(self._dgram(sa, out))
         self._quick_done(sa, q, now)
 
     def _quick_r3(
@@ -1483,7 +1497,7 @@ class IsakmpService:
         data, _ = self._protected(
             sa, ExchangeType.INFORMATIONAL, msgid, [HashPayload(h), *payloads], iv
         )
-        self._out.append(Datagram(data, sa.peer, sa.local_port, sa.local_addr))
+        self._out.append(self._dgram(sa, data))
         return msgid
 
     def _send_info_notify(self, sa: _Phase1, notify: int, now: float) -> None:
@@ -1500,7 +1514,7 @@ class IsakmpService:
             NotifyPayload(notify, ProtocolId.PROTO_ISAKMP, h.icookie + rcky)
         ]
         data = encode_message(h.icookie, rcky, ExchangeType.INFORMATIONAL, 0, 0, payloads)
-        self._out.append(Datagram(data, addr, local_port, local_addr))
+        self._out.append(Datagram(data, (local_addr, local_port), addr, local_port == NATT_PORT))
 
     def _info_received(self, sa: _Phase1, msg: Message, now: float) -> None:
         if not msg.header.encrypted:
@@ -1658,7 +1672,9 @@ class IsakmpService:
         self._sas.pop(sa.icookie + ZERO_COOKIE, None)
         self._sas[sa.ike_sa_id] = sa
 
-    def _receive(self, data: bytes, addr: Address, now: float, local_port: int) -> None:
+    def _receive(
+        self, data: bytes, addr: Address, now: float, local_port: int, local_addr: str
+    ) -> None:
         msg = decode_message(data)
         h = msg.header
         key = h.icookie + h.rcookie
@@ -1676,15 +1692,15 @@ class IsakmpService:
                 # a repeated first message: repeat our reply
                 for s in self._sas.values():
                     if s.icookie == h.icookie and s.last_rcvd == data and s.last_sent:
-                        self._out.append(Datagram(s.last_sent, s.peer, s.local_port, s.local_addr))
+                        self._out.append(self._dgram(s, s.last_sent))
                 return
-            local_addr = self._local_addr_for(addr)
+            local_addr = local_addr or self._local_addr_for(addr)
             self._responder_new(msg, addr, now, local_port, local_addr)
             return
         if data == sa.last_rcvd:
             # a retransmission of the message we last answered: answer again
             if sa.last_sent and not (sa.initiator and sa.state == Phase1State.MM_I3):
-                self._out.append(Datagram(sa.last_sent, sa.peer, sa.local_port, sa.local_addr))
+                self._out.append(self._dgram(sa, sa.last_sent))
             return
         if not sa.peer_replied and sa.initiator:
             sa.peer_replied = True
@@ -1716,7 +1732,7 @@ class IsakmpService:
                 [NotifyPayload(e.notify, ProtocolId.PROTO_ISAKMP, sa.ike_sa_id)],
                 sa.iv,
             )  # best effort, unauthenticated by HASH as libreswan/strongSwan do in phase 1
-            self._out.append(Datagram(data, sa.peer, sa.local_port, sa.local_addr))
+            self._out.append(self._dgram(sa, data))
         if sa.initiator:
             self._fail(sa, fatal[e.notify], str(e), now, e.notify)
         else:
@@ -1776,7 +1792,12 @@ class IsakmpService:
         for r in (sa.retx, sa.dpd_retx):
             if r is not None and (t := r.get_timer()) is not None:
                 out.append(t)
-        for t2 in (sa.deadline, sa.rekey_at if not sa.rekeying else None, sa.expire_at):
+        for t2 in (
+            sa.deadline,
+            sa.rekey_at if not sa.rekeying else None,
+            sa.expire_at,
+            sa.keepalive_at,
+        ):
             if t2 is not None:
                 out.append(t2)
         if sa.established and self._dpd_enabled(sa) and sa.dpd_waiting is None:
@@ -1800,9 +1821,7 @@ class IsakmpService:
         if sa.retx is not None:
             verdict = sa.retx.handle_timer(now)
             if verdict == "resend":
-                self._out.append(
-                    Datagram(sa.retx.datagrams[0], sa.peer, sa.local_port, sa.local_addr)
-                )
+                self._out.append(self._dgram(sa, sa.retx.datagrams[0]))
             elif verdict == "failed":
                 if sa.initiator:
                     self._fail(sa, FailureReason.PEER_SILENT, f"no answer in {sa.state.value}", now)
@@ -1826,9 +1845,7 @@ class IsakmpService:
                 continue
             verdict = q.retx.handle_timer(now)
             if verdict == "resend":
-                self._out.append(
-                    Datagram(q.retx.datagrams[0], sa.peer, sa.local_port, sa.local_addr)
-                )
+                self._out.append(self._dgram(sa, q.retx.datagrams[0]))
             elif verdict == "failed":
                 del sa.quick[q.msgid]
                 if q.rekey_of is not None:
@@ -1844,6 +1861,11 @@ class IsakmpService:
                             q.acquire_id,
                         )
                     )
+        if sa.keepalive_at is not None and now >= sa.keepalive_at:
+            # NAT-T keepalive (RFC 3948 §2.3): one 0xFF octet, no marker, keeps the NAT open
+            self._out.append(Datagram(b"\xff", (sa.local_addr, sa.local_port), sa.peer, False))
+            assert self.settings.natt_keepalive is not None
+            sa.keepalive_at = now + self.settings.natt_keepalive
         # DPD (RFC 3706 §5.3): probe when idle; the peer is dead when probes go unanswered
         if sa.dpd_retx is not None:
             verdict = sa.dpd_retx.handle_timer(now)

@@ -124,6 +124,9 @@ class IsakmpSettings:
     ``i_dont_care_about_security_and_use_aggressive_mode_psk``); refused by default."""
     half_open_timeout: float = 30.0
     """A responder forgets an unfinished phase 1 after this long (strongSwan's default)."""
+    natt_keepalive: float | None = 20.0
+    """Seconds between NAT-T keepalives when we are behind a NAT (RFC 3948 §2.3; strongSwan's
+    ``keep_alive``); None disables them."""
     send_vendor_ids: tuple[bytes, ...] = field(default=())
     """Extra vendor IDs for MM1/MM2 (the DPD and NAT-T ones are sent automatically)."""
 

@@ -104,7 +104,7 @@ class Link:
                 if self.drop(n, side, d):
                     continue
                 src_addr = A_ADDR if side == "a" else B_ADDR
-                sport, dport = d.src_port, d.dst[1]
+                sport, dport = d.src[1], d.dst[1]
                 if self.nat is not None:
                     public, ports = self.nat
                     if side == "a":
@@ -113,7 +113,11 @@ class Link:
                         assert d.dst[0] == public, d
                         dport = {v: k for k, v in ports.items()}[dport]
                 data = self.mutate(n, side, d.data)
-                dst.receive_datagram(data, (src_addr, sport), self.now, local_port=dport)
+                if data == b"\xff":  # NAT-T keepalive: the node drops it (RFC 3948 §2.3)
+                    continue
+                assert d.marker == (d.src[1] == 4500)
+                dst_addr = B_ADDR if side == "a" else A_ADDR
+                dst.receive_datagram(data, (src_addr, sport), self.now, local=(dst_addr, dport))
         return moved
 
     def of(self, side: str, cls: type) -> list:  # type: ignore[type-arg]

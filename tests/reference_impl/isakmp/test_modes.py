@@ -79,11 +79,17 @@ def test_nat_detected_floats_to_4500_and_encapsulates() -> None:
     assert ca.pair.outbound.encap == (4500, 4500)
     assert cb.pair.outbound.encap == (4500, 40000)  # B answers the NAT's mapping
     assert cb.pair.outbound.dst == "198.51.100.7"
-    ports = [(d.src_port, d.dst[1]) for _, _, d in link.sent]
+    ports = [(d.src[1], d.dst[1]) for _, _, d in link.sent if d.data != b"\xff"]
     assert ports[:4] == [(500, 500), (500, 1500), (500, 500), (500, 1500)]
     assert ports[4:] == [(4500, 4500), (4500, 40000)] * 2 + [(4500, 4500)]
     (ea,) = link.of("a", IkeSaEstablished)
     assert ea.local == ("192.0.2.1", 4500) and ea.peer == ("192.0.2.2", 4500)
+    # A is behind the NAT: it keeps the mapping open with keepalives (RFC 3948 §2.3)
+    link.pump(until=45)
+    ka = [(t, d) for t, side, d in link.sent if d.data == b"\xff"]
+    assert [t for t, _ in ka][:2] == [pytest.approx(20.0, abs=5), pytest.approx(40.0, abs=5)]
+    assert all(side_d.src == ("192.0.2.1", 4500) and not side_d.marker for _, side_d in ka)
+    assert all(side == "a" for _, side, d in link.sent if d.data == b"\xff")
 
 
 @pytest.mark.parametrize("initiator", ["a", "b"])
@@ -95,7 +101,7 @@ def test_forced_encapsulation_like_strongswan(initiator: str) -> None:
     link.pump(until=20)
     ca, cb = _ok(link)
     assert ca.pair.outbound.encap == (4500, 4500) and cb.pair.inbound.encap == (4500, 4500)
-    assert [d.src_port for _, _, d in link.sent][4:] == [4500] * 5
+    assert [d.src[1] for _, _, d in link.sent if d.data != b"\xff"][4:] == [4500] * 5
 
 
 def test_vendor_ids_sent() -> None:
@@ -220,8 +226,12 @@ def test_aggressive_with_nat(lost: int | None) -> None:
     link.pump(until=20)
     _, cb = _ok(link)
     assert cb.pair.outbound.encap == (4500, 40000)
-    am3 = [d for _, side, d in link.sent if side == "a" and d.data[18] == ExchangeType.AGGRESSIVE]
-    assert am3[-1].src_port == 4500 and am3[0].src_port == 500  # AM3 already on 4500
+    am3 = [
+        d
+        for _, side, d in link.sent
+        if side == "a" and len(d.data) > 28 and d.data[18] == ExchangeType.AGGRESSIVE
+    ]
+    assert am3[-1].src[1] == 4500 and am3[0].src[1] == 500  # AM3 already on 4500
 
 
 def test_commit_bit_ignored_safely() -> None:

@@ -94,10 +94,10 @@ class ControlServer:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            self._clients.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
+            self._clients.discard(task)
 
     async def _dispatch(
         self, line: bytes, writer: asyncio.StreamWriter

@@ -17,6 +17,7 @@ command and its evidence paths (relative to the report directory).
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
@@ -25,13 +26,20 @@ from harness.report.allure import ROLE_NAMES
 from harness.report.model import CaseResult, RunResults, Verdict
 from harness.report.recorder import failure_message
 
+# Characters XML 1.0 cannot hold (a peer's log line can contain anything).
+_INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _x(text: str) -> str:
+    return _INVALID_XML.sub("\ufffd", text)
+
 
 def _props(parent: ET.Element, items: list[tuple[str, str]]) -> None:
     if not items:
         return
     props = ET.SubElement(parent, "properties")
     for name, value in items:
-        ET.SubElement(props, "property", name=name, value=value)
+        ET.SubElement(props, "property", name=_x(name), value=_x(value))
 
 
 def _testcase(suite_el: ET.Element, run: RunResults, r: CaseResult) -> None:
@@ -63,16 +71,16 @@ def _testcase(suite_el: ET.Element, run: RunResults, r: CaseResult) -> None:
     _props(tc, items)
     message = failure_message(r.level, r.verdict, r.reason, r.known_behaviour)
     if r.verdict is Verdict.FAIL:
-        el = ET.SubElement(tc, "failure", message=message, type=r.level.value)
-        el.text = r.details or message
+        el = ET.SubElement(tc, "failure", message=_x(message), type=r.level.value)
+        el.text = _x(r.details or message)
     elif r.verdict is Verdict.ERROR:
-        el = ET.SubElement(tc, "error", message=message, type="harness")
-        el.text = r.details or message
+        el = ET.SubElement(tc, "error", message=_x(message), type="harness")
+        el.text = _x(r.details or message)
     elif r.verdict is Verdict.NOT_APPLICABLE:
-        ET.SubElement(tc, "skipped", message=r.reason or "not applicable")
+        ET.SubElement(tc, "skipped", message=_x(r.reason or "not applicable"))
     elif r.verdict in (Verdict.RECORDED, Verdict.WARNING):
         out = ET.SubElement(tc, "system-out")
-        out.text = message + (f"\n\n{r.details}" if r.details else "")
+        out.text = _x(message + (f"\n\n{r.details}" if r.details else ""))
 
 
 def build(run: RunResults) -> ET.Element:

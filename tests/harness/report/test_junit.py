@@ -59,3 +59,16 @@ def test_junit_parses_back_with_case_ids_and_verdict_mapping(
         assert int(suite.get("tests", "-1")) == len(tcs)
         assert int(suite.get("failures", "-1")) == sum(tc.find("failure") is not None for tc in tcs)
         assert int(suite.get("skipped", "-1")) == sum(tc.find("skipped") is not None for tc in tcs)
+
+
+def test_control_characters_from_peer_logs_keep_the_xml_valid(run: RunResults) -> None:
+    from harness.report.junit import build
+
+    bad = run.model_copy(deep=True)
+    target = next(r for r in bad.results if r.case == "ESP-005" and r.peer == "strongswan")
+    target.reason = "bad\x00byte\x1b[31m"
+    target.details = "trace\x07"
+    xml = ET.tostring(build(bad), encoding="unicode")
+    root = ET.fromstring(xml)  # parses: no raw control characters
+    failure = next(tc for tc in root.iter("testcase") if tc.find("failure") is not None)
+    assert "bad\ufffdbyte" in failure.find("failure").get("message", "")  # type: ignore[union-attr]

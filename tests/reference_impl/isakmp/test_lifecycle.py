@@ -269,3 +269,64 @@ def test_quick_mode_retransmission_failure_reports() -> None:
     assert len(link.of("a", IkeSaEstablished)) == 1
     (f,) = link.of("a", NegotiationFailed)
     assert f.reason == FailureReason.PEER_SILENT and f.peer_replied
+
+
+def test_dpd_one_lost_probe_recovers() -> None:
+    """RFC 3706 §5.5: an unanswered R-U-THERE is retried (with the next sequence number); the
+    ACK for the retry keeps the SA alive."""
+    link = make_link(conn_pair(dpd_delay=10.0))
+    _up(link)
+    lost: list[float] = []
+
+    def drop_first_probe(n: int, side: str, d: object) -> bool:
+        data = d.data  # type: ignore[attr-defined]
+        if side == "a" and data[18] == ExchangeType.INFORMATIONAL and not lost:
+            lost.append(link.now)
+            return True
+        return False
+
+    link.drop = drop_first_probe  # type: ignore[assignment]
+    link.pump(until=60)
+    assert lost == [pytest.approx(10.0)]
+    a_infos = [t for t, side, d in link.sent if side == "a" and d.data[18] == 5]
+    assert 10.5 in a_infos  # the probe was retried on the schedule (first gap 0.5 s)
+    assert not link.of("a", IkeSaDeleted) and not link.of("b", IkeSaDeleted)
+    assert len(link.a.child_sas()) == 1
+
+
+@pytest.mark.parametrize("lost", [2, 3, 4, 5])
+def test_rsa_with_loss(pki: dict[str, bytes], lost: int) -> None:
+    a, b = conn_pair(
+        auth_a=RsaAuth(pki["a"], pki["a_key"], trusted=(pki["ca"],)),
+        auth_b=RsaAuth(pki["b"], pki["b_key"], trusted=(pki["ca"],)),
+        props_a=(P1_RSA,),
+        props_b=(P1_RSA,),
+        dpd_delay=None,
+    )
+    link = make_link((a, b))
+    seen: list[bytes] = []
+
+    def drop(n: int, side: str, d: object) -> bool:
+        data = d.data  # type: ignore[attr-defined]
+        if data in seen:
+            return False
+        seen.append(data)
+        return len(seen) - 1 == lost
+
+    link.drop = drop  # type: ignore[assignment]
+    link.a.initiate("t", 0.0)
+    link.pump(until=20)
+    assert len(link.of("a", ChildSaEstablished)) == 1 and len(link.of("b", ChildSaEstablished)) == 1
+
+
+def test_forged_delete_is_ignored() -> None:
+    """An Informational whose HASH(1) does not verify must not delete anything."""
+    link = make_link(conn_pair(dpd_delay=None))
+    _up(link)
+    (ca,) = link.of("a", ChildSaEstablished)
+    link.drop = lambda n, side, d: False
+    link.mutate = lambda n, side, data: data[:-1] + bytes([data[-1] ^ 0x5A])  # type: ignore[assignment]
+    link.a.delete_child_sa(ca.pair.inbound.spi, link.now)
+    link.pump(until=link.now + 1)
+    assert not link.of("b", ChildSaDeleted) and len(link.b.child_sas()) == 1
+    assert sum(link.b.counters.dropped.values()) >= 1

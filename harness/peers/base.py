@@ -568,13 +568,13 @@ def wait_for_sa(
 
     last: list[IkeSaState] = []
 
-    def probe() -> list[IkeSaState] | None:
+    def probe() -> tuple[list[IkeSaState]] | None:
         nonlocal last
         last = peer.list_sas()
-        return last if predicate(last) else None
+        return (last,) if predicate(last) else None  # a tuple: truthy even for no SAs
 
     try:
-        return wait_until(probe, timeout, what, interval=0.05)
+        return wait_until(probe, timeout, what, interval=0.05)[0]
     except TopologyError as exc:
         raise PeerError(f"{peer.kind}: {exc}; SAs now: {last}") from None
 

@@ -11,7 +11,10 @@ A dump continues on lines of the same thread (the number before ``[``), so dumps
 at the same time by different threads are told apart. IKEv2 IKE SA keys are ``Sk_d secret`` ..
 ``Sk_pr secret`` (RFC 7296 §2.14), IKEv1 ``SKEYID``, ``SKEYID_d/a/e`` and ``encryption key Ka``
 (RFC 2409 §5); Child SA keys are ``encryption|integrity initiator|responder key`` (RFC 7296
-§2.17), closed by ``CHILD_SA <name>{<id>} established with SPIs <in>_i <out>_o``. Which end
+§2.17), closed by ``[inbound ]CHILD_SA <name>{<id>} established with SPIs <in>_i <out>_o``
+(a rekey logs "inbound" and "outbound" lines). The keys of a rekeyed IKE SA are derived in the
+old SA's context by the rekey initiator (the new SA's by the responder) and are assigned to
+the new SA at ``IKE_SA <name>[<id>] rekeyed``. Which end
 initiated the exchange that made a Child SA is read from the last ``parsed <EXCHANGE>
 request|response`` of that IKE SA: keys computed after parsing a response were computed by the
 exchange's initiator.
@@ -20,7 +23,7 @@ exchange's initiator.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from harness.peers.base import ChildSaKeys, IkeSaKeys, SaKeys
 
@@ -29,8 +32,10 @@ _HEADER = re.compile(r"^(.+?) => (\d+) bytes @ 0x[0-9a-fA-F]+$")
 _DUMP = re.compile(r"^\s*\d+: ((?:[0-9A-F]{2} )+)")
 _PARSED = re.compile(r"^parsed (\S+) (request|response) \d+")
 _ESTABLISHED = re.compile(
-    r"^CHILD_SA (\S+)\{(\d+)\} established with SPIs ([0-9a-f]+)_i ([0-9a-f]+)_o"
+    r"^(?:inbound |outbound )?CHILD_SA (\S+)\{(\d+)\} established with SPIs "
+    r"([0-9a-f]+)_i ([0-9a-f]+)_o"
 )
+_IKE_REKEYED = re.compile(r"^IKE_SA \S+\[(\d+)\] rekeyed between")
 
 _IKEV2 = {
     "Sk_d secret": "SK_d",
@@ -72,6 +77,9 @@ class _Context:
     ike: dict[str, bytes] = field(default_factory=dict)
     child: dict[str, bytes] = field(default_factory=dict)
     last_parsed: str = ""
+    ike_sets: list[int] = field(default_factory=list)
+    """Indexes in the result of the IKE key sets derived in this context: the SA's own
+    first, then those of the SAs that replace it when this end initiates the rekey."""
 
 
 def parse_keys(text: str) -> SaKeys:
@@ -89,6 +97,7 @@ def parse_keys(text: str) -> SaKeys:
                 ctx.ike = {}
             ctx.ike[_IKEV2[dump.name]] = value
             if dump.name == "Sk_pr secret":
+                ctx.ike_sets.append(len(ike_keys))
                 ike_keys.append(IkeSaKeys(2, dict(ctx.ike), unique_id=dump.context))
                 ctx.ike = {}
         elif dump.name in _IKEV1:
@@ -96,6 +105,7 @@ def parse_keys(text: str) -> SaKeys:
                 ctx.ike = {}
             ctx.ike[_IKEV1[dump.name]] = value
             if dump.name == "encryption key Ka":
+                ctx.ike_sets.append(len(ike_keys))
                 ike_keys.append(IkeSaKeys(1, dict(ctx.ike), unique_id=dump.context))
                 ctx.ike = {}
         elif dump.name in _CHILD:
@@ -132,6 +142,15 @@ def parse_keys(text: str) -> SaKeys:
         p = _PARSED.match(msg)
         if p:
             contexts.setdefault(context, _Context()).last_parsed = p.group(2)
+            continue
+        r = _IKE_REKEYED.match(msg)
+        if r:
+            # As rekey initiator, charon derives the new IKE SA's keys in the old one's context
+            # (as responder, in the new one's): a second key set here is the new SA's.
+            ctx = contexts.setdefault(context, _Context())
+            if len(ctx.ike_sets) >= 2:
+                i = ctx.ike_sets.pop()
+                ike_keys[i] = replace(ike_keys[i], unique_id=r.group(1))
             continue
         e = _ESTABLISHED.match(msg)
         if e:

@@ -480,7 +480,7 @@ class IsakmpService:
         """RFC 2409 §5: SKEYID, SKEYID_d/a/e, the encryption key and the phase-1 IV."""
         assert sa.chosen is not None and sa.kex is not None
         peer_pub = sa.gxr if sa.initiator else sa.gxi
-        sa.g_xy = sa.kex.shared_secret(peer_pub)
+        sa.g_xy = _dh_secret(sa.kex, peer_pub)
         p = prf(sa.chosen.prf_id)
         sa.prf_alg = p
         auth = sa.conn.auth
@@ -912,8 +912,8 @@ class IsakmpService:
         if idp is None:
             raise RemoteProtocolError("MM5 without ID", notify=NotifyType.PAYLOAD_MALFORMED)
         sa.id_i_b = idp.body
+        sa.iv = next_iv  # before verifying: an error notify derives its IV from it
         self._verify_peer(sa, idp, payloads, self._hash_i(sa))
-        sa.iv = next_iv
         sa.last_rcvd = msg_bytes(msg)
         if lport == NATT_PORT:  # the initiator floated (RFC 3947 §4)
             sa.local_port = NATT_PORT
@@ -1259,7 +1259,7 @@ class IsakmpService:
         if ke is not None:
             assert choice.pfs_group is not None
             q.kex = dh(choice.pfs_group).generate()
-            q.g_qm = q.kex.shared_secret(ke.data)
+            q.g_qm = _dh_secret(q.kex, ke.data)
             rest.append(KePayload(q.kex.public_value))
         if ids:
             q.id_ci, q.id_cr = ids[0], ids[1]
@@ -1326,7 +1326,7 @@ class IsakmpService:
                 raise RemoteProtocolError(
                     "QM2 without KE for PFS", notify=NotifyType.INVALID_KEY_INFORMATION
                 )
-            q.g_qm = q.kex.shared_secret(ke.data)
+            q.g_qm = _dh_secret(q.kex, ke.data)
         q.nr = nonce.data
         q.choice = choice
         q.peer_spi = prop.spi
@@ -1493,12 +1493,17 @@ class IsakmpService:
         msgid = _msgid()
         body = encode_payloads(payloads)
         h = self._hash1(sa, msgid, body)
-        iv = kdf1.ikev1_phase2_iv(sa.prf_alg, sa.last_p1_block, msgid, sa.block_size)
+        iv = kdf1.ikev1_phase2_iv(sa.prf_alg, self._info_base(sa), msgid, sa.block_size)
         data, _ = self._protected(
             sa, ExchangeType.INFORMATIONAL, msgid, [HashPayload(h), *payloads], iv
         )
         self._out.append(self._dgram(sa, data))
         return msgid
+
+    def _info_base(self, sa: _Phase1) -> bytes:
+        """The CBC block Informational IVs derive from (RFC 2409 Appendix B): the last one of
+        phase 1, or during phase 1 the current phase-1 IV (as strongSwan does for errors)."""
+        return sa.last_p1_block if sa.established else sa.iv
 
     def _send_info_notify(self, sa: _Phase1, notify: int, now: float) -> None:
         if sa.established:
@@ -1520,12 +1525,12 @@ class IsakmpService:
         if not msg.header.encrypted:
             self._plain_info(sa, msg, now)
             return
-        if not sa.established or sa.prf_alg is None:
-            raise RemoteProtocolError("encrypted Informational before phase 1 completed")
+        if sa.prf_alg is None or sa.cipher is None:
+            raise RemoteProtocolError("encrypted Informational before keys exist")
         msgid = msg.header.message_id
         if msgid in sa.info_seen:
             return  # a retransmission (RFC 3706 §5.5 allows resending R-U-THERE)
-        iv = kdf1.ikev1_phase2_iv(sa.prf_alg, sa.last_p1_block, msgid, sa.block_size)
+        iv = kdf1.ikev1_phase2_iv(sa.prf_alg, self._info_base(sa), msgid, sa.block_size)
         payloads, _ = self._open(sa, msg, iv)
         if not payloads or not isinstance(payloads[0], HashPayload):
             raise RemoteProtocolError("Informational without HASH(1)")
@@ -1534,6 +1539,10 @@ class IsakmpService:
             raise RemoteProtocolError("Informational HASH(1) mismatch")
         sa.info_seen.append(msgid)
         sa.last_activity = now
+        if not sa.established:
+            if sa.initiator:
+                self._phase1_refused(sa, payloads[1:], now)
+            return
         for p in payloads[1:]:
             if isinstance(p, DeletePayload):
                 self._delete_received(sa, p, now)
@@ -1547,12 +1556,23 @@ class IsakmpService:
         (a refusal such as NO-PROPOSAL-CHOSEN); afterwards they are dropped."""
         if sa.established or not sa.initiator:
             raise RemoteProtocolError("unprotected Informational ignored")
-        for p in msg.payloads:
+        self._phase1_refused(sa, msg.payloads, now)
+
+    def _phase1_refused(
+        self, sa: _Phase1, payloads: tuple[AnyPayload, ...] | list[AnyPayload], now: float
+    ) -> None:
+        for p in payloads:
             if isinstance(p, NotifyPayload) and p.notify_type < 16384:
                 sa.peer_replied = True
                 reasons: dict[int, FailureReason] = {
                     NotifyType.NO_PROPOSAL_CHOSEN: FailureReason.NO_PROPOSAL_CHOSEN,
                     NotifyType.AUTHENTICATION_FAILED: FailureReason.AUTHENTICATION_FAILED,
+                    NotifyType.INVALID_ID_INFORMATION: FailureReason.AUTHENTICATION_FAILED,
+                    NotifyType.INVALID_SIGNATURE: FailureReason.AUTHENTICATION_FAILED,
+                    NotifyType.INVALID_CERTIFICATE: FailureReason.AUTHENTICATION_FAILED,
+                    NotifyType.INVALID_CERT_AUTHORITY: FailureReason.AUTHENTICATION_FAILED,
+                    NotifyType.CERTIFICATE_UNAVAILABLE: FailureReason.AUTHENTICATION_FAILED,
+                    NotifyType.INVALID_HASH_INFORMATION: FailureReason.AUTHENTICATION_FAILED,
                     NotifyType.INVALID_KEY_INFORMATION: FailureReason.INVALID_KE_PAYLOAD,
                     NotifyType.PAYLOAD_MALFORMED: FailureReason.INVALID_SYNTAX,
                 }
@@ -1720,19 +1740,16 @@ class IsakmpService:
             NotifyType.INVALID_SIGNATURE: FailureReason.AUTHENTICATION_FAILED,
             NotifyType.INVALID_ID_INFORMATION: FailureReason.AUTHENTICATION_FAILED,
             NotifyType.INVALID_CERTIFICATE: FailureReason.AUTHENTICATION_FAILED,
+            NotifyType.INVALID_CERT_AUTHORITY: FailureReason.AUTHENTICATION_FAILED,
+            NotifyType.CERTIFICATE_UNAVAILABLE: FailureReason.AUTHENTICATION_FAILED,
             NotifyType.INVALID_KEY_INFORMATION: FailureReason.INVALID_KE_PAYLOAD,
         }
         if sa.established or e.notify not in fatal:
             return
-        if sa.cipher is not None and not sa.initiator:
-            data, _ = self._protected(
-                sa,
-                ExchangeType.INFORMATIONAL,
-                _msgid(),
-                [NotifyPayload(e.notify, ProtocolId.PROTO_ISAKMP, sa.ike_sa_id)],
-                sa.iv,
-            )  # best effort, unauthenticated by HASH as libreswan/strongSwan do in phase 1
-            self._out.append(self._dgram(sa, data))
+        if sa.cipher is not None and sa.prf_alg is not None and not sa.initiator:
+            # tell the initiator why, protected with the keys it already has
+            notify = NotifyPayload(e.notify, ProtocolId.PROTO_ISAKMP, sa.ike_sa_id)
+            self._send_info(sa, [notify], now)
         if sa.initiator:
             self._fail(sa, fatal[e.notify], str(e), now, e.notify)
         else:
@@ -1938,6 +1955,17 @@ def _ts_within(inner: TrafficSelector, outer: TrafficSelector) -> bool:
     if outer.ip_protocol and inner.ip_protocol != outer.ip_protocol:
         return False
     return outer.start_port <= inner.start_port and inner.end_port <= outer.end_port
+
+
+def _dh_secret(kex: KeyExchange, peer_public: bytes) -> bytes:
+    """g^xy; a bad public value is INVALID-KEY-INFORMATION in ISAKMP (the registry raises
+    with the IKEv2 notify number)."""
+    try:
+        return kex.shared_secret(peer_public)
+    except RemoteProtocolError as e:
+        raise RemoteProtocolError(
+            f"bad KE payload: {e}", notify=NotifyType.INVALID_KEY_INFORMATION
+        ) from None
 
 
 def _notify_name(n: int) -> str:

@@ -129,7 +129,8 @@ def test_rsa_wrong_key_fails(pki: dict[str, bytes]) -> None:
     link.a.initiate("t", 0.0)
     link.pump(until=30)
     assert not link.of("b", IkeSaEstablished)
-    assert link.of("a", NegotiationFailed)
+    (f,) = link.of("a", NegotiationFailed)
+    assert f.reason == FailureReason.AUTHENTICATION_FAILED and f.notify == 25  # INVALID-SIGNATURE
 
 
 def test_rsa_untrusted_ca_fails(pki: dict[str, bytes]) -> None:
@@ -143,6 +144,8 @@ def test_rsa_untrusted_ca_fails(pki: dict[str, bytes]) -> None:
     link.a.initiate("t", 0.0)
     link.pump(until=30)
     assert not link.of("b", IkeSaEstablished)
+    (f,) = link.of("a", NegotiationFailed)
+    assert f.reason == FailureReason.AUTHENTICATION_FAILED and f.notify == 22
 
 
 def _up(link: Link) -> None:
@@ -330,3 +333,39 @@ def test_forged_delete_is_ignored() -> None:
     link.pump(until=link.now + 1)
     assert not link.of("b", ChildSaDeleted) and len(link.b.child_sas()) == 1
     assert sum(link.b.counters.dropped.values()) >= 1
+
+
+def test_wrong_identity_reports_authentication_failed() -> None:
+    """The responder refuses MM5 (unexpected ID) with a protected notify the initiator can
+    read: the policy agent learns AUTHENTICATION_FAILED, not a timeout."""
+    from reference_impl.isakmp.identity import Identity
+
+    a, b = conn_pair(dpd_delay=None)
+    b = dataclasses.replace(b, remote_id=Identity.parse("someone.else.example"))
+    link = make_link((a, b))
+    link.a.initiate("t", 0.0, acquire_id=9)
+    link.pump(until=30)
+    (f,) = link.of("a", NegotiationFailed)
+    assert f.reason == FailureReason.AUTHENTICATION_FAILED and f.acquire_id == 9
+    assert f.notify == 18  # INVALID-ID-INFORMATION
+    assert link.now < 1 and link.b.ike_sa_ids() == []
+
+
+def test_bad_ke_value_is_invalid_key_information() -> None:
+    """RFC 6989-style checks in the registry; ISAKMP answers INVALID-KEY-INFORMATION (17)."""
+    from reference_impl.isakmp.codec import KePayload, encode_message
+
+    link = make_link(conn_pair(dpd_delay=None))
+    link.a.initiate("t", 0.0)
+    link.b.receive_datagram(link.a.datagrams_to_send(0.0)[0].data, (A_ADDR, 500), 0.0)
+    mm2 = decode_message(link.b.datagrams_to_send(0.0)[0].data)
+    mm3 = encode_message(
+        mm2.header.icookie, mm2.header.rcookie, ExchangeType.IDENTITY_PROTECTION, 0, 0,
+        [KePayload(b"\x00" * 255 + b"\x01")],
+    )  # fmt: skip
+    link.b.receive_datagram(mm3, (A_ADDR, 500), 0.1)
+    assert (
+        link.b.counters.dropped.get("PAYLOAD_MALFORMED", 0)
+        + link.b.counters.dropped.get("INVALID_KEY_INFORMATION", 0)
+        == 1
+    )

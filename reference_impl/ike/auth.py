@@ -289,7 +289,7 @@ def verify_auth(
 ) -> AuthResult:
     """Check the peer's AUTH against what ``remote`` requires (RFC 7296 §2.15)."""
     if auth.method == AuthMethod.SHARED_KEY_MIC:
-        if remote.auth is AuthClass.PUBKEY:
+        if remote.auth == AuthClass.PUBKEY:
             return AuthResult(False, "peer used a PSK where a signature is required")
         psk = remote.psk if remote.psk is not None else local.psk
         if psk is None:
@@ -297,7 +297,7 @@ def verify_auth(
         if psk_auth(prf_alg, psk, octets) != auth.data:
             return AuthResult(False, "pre-shared key AUTH value does not verify")
         return AuthResult(True)
-    if remote.auth is AuthClass.PSK:
+    if remote.auth == AuthClass.PSK:
         return AuthResult(False, f"peer used AUTH method {auth.method} where a PSK is required")
     keys: list[Any] = []
     x509_certs = [c for c in certs if c.encoding == CertEncoding.X509_CERT_SIGNATURE]

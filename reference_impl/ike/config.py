@@ -161,7 +161,7 @@ class ProposalConfig:
                 esns.append(EsnId.NO_ESN)
             else:
                 raise LocalProtocolError(f"unknown algorithm {word!r} in proposal {text!r}")
-        if protocol is IpsecProtocol.AH:
+        if protocol == IpsecProtocol.AH:
             if encrs or not integs:
                 raise LocalProtocolError(f"AH proposal {text!r} takes integrity algorithms only")
         elif not encrs:
@@ -171,9 +171,9 @@ class ProposalConfig:
             raise LocalProtocolError(f"proposal {text!r} mixes AEAD and non-AEAD ciphers")
         if encrs and all(aead) and integs:
             raise LocalProtocolError(f"AEAD proposal {text!r} must not name integrity algorithms")
-        if not all(aead) and not integs and protocol is not IpsecProtocol.AH:
+        if not all(aead) and not integs and protocol != IpsecProtocol.AH:
             raise LocalProtocolError(f"proposal {text!r} needs an integrity algorithm")
-        if protocol is IpsecProtocol.IKE:
+        if protocol == IpsecProtocol.IKE:
             if esns:
                 raise LocalProtocolError("ESN is not an IKE transform")
             if not prfs:
@@ -383,7 +383,8 @@ class ChildConfig:
 
     @property
     def pfs_groups(self) -> tuple[int, ...]:
-        return self.proposals[0].dh if self.proposals else ()
+        """Key exchange methods offered for PFS, in order (empty: no PFS)."""
+        return tuple(dict.fromkeys(g for p in self.proposals for g in p.dh))
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,8 @@ class SaContext(Protocol):
 
     def register(self, sa: IkeSa) -> None: ...
 
+    def touch(self, sa: IkeSa) -> None: ...
+
     def unregister(self, sa: IkeSa) -> None: ...
 
     def cert_time(self) -> datetime: ...
@@ -1012,7 +1014,7 @@ class IkeSa:
         octets = signed_octets(self.prf, real_message, peer_nonce, sk_p, id_payload)
         local = cfg.local
         out: list[Payload] = []
-        if local.auth is AuthClass.PSK:
+        if local.auth == AuthClass.PSK:
             if local.psk is None:
                 raise LocalProtocolError(f"connection {cfg.name}: PSK authentication without a PSK")
             out.append(
@@ -1051,7 +1053,7 @@ class IkeSa:
         auth = self._auth_payloads(idi, self.init_request, self.nonce_r)
         payloads.extend(p for p in auth if isinstance(p, CertPayload))
         if (
-            cfg.remote.auth is not AuthClass.PSK
+            cfg.remote.auth != AuthClass.PSK
             and cfg.remote.trust_anchors
             and cfg.remote.send_certreq
         ):
@@ -1263,7 +1265,7 @@ class IkeSa:
                     N.REKEY_SA, b"", req.rekey.protocol, req.rekey.inbound_spi.to_bytes(4, "big")
                 )
             )
-        if req.config.mode is Mode.TRANSPORT:
+        if req.config.mode == Mode.TRANSPORT:
             out.append(NotifyPayload(N.USE_TRANSPORT_MODE))
         if not req.config.tfc_padding:
             out.append(NotifyPayload(N.ESP_TFC_PADDING_NOT_SUPPORTED))
@@ -1418,9 +1420,9 @@ class IkeSa:
         if sel is None or len(sel.spi) != 4:
             return self._child_refused(N.NO_PROPOSAL_CHOSEN, "no acceptable ESP/AH proposal")
         transport = any(n.notify_type == N.USE_TRANSPORT_MODE for n in notifies)
-        if cfg.mode is Mode.TRANSPORT and not transport:
+        if cfg.mode == Mode.TRANSPORT and not transport:
             return self._child_refused(N.NO_PROPOSAL_CHOSEN, "peer wants tunnel mode, we transport")
-        mode = Mode.TRANSPORT if transport and cfg.mode is Mode.TRANSPORT else Mode.TUNNEL
+        mode = Mode.TRANSPORT if transport and cfg.mode == Mode.TRANSPORT else Mode.TUNNEL
         g_ir: bytes | None = None
         kex: KeyExchange | None = None
         if not ike_auth and sel.dh_id:
@@ -1457,7 +1459,7 @@ class IkeSa:
             None,
         )
         out: list[Payload] = []
-        if mode is Mode.TRANSPORT:
+        if mode == Mode.TRANSPORT:
             out.append(NotifyPayload(N.USE_TRANSPORT_MODE))
         if not cfg.tfc_padding:
             out.append(NotifyPayload(N.ESP_TFC_PADDING_NOT_SUPPORTED))
@@ -1539,7 +1541,7 @@ class IkeSa:
         ):
             problem = "responder's selectors are not within ours"
         transport = any(n.notify_type == N.USE_TRANSPORT_MODE for n in notifies)
-        if problem is None and req.config.mode is Mode.TRANSPORT and not transport:
+        if problem is None and req.config.mode == Mode.TRANSPORT and not transport:
             problem = "responder refused transport mode"
         g_ir = None
         ke = _first(payloads, KePayload)
@@ -1814,6 +1816,18 @@ class IkeSa:
             )
         new.children.extend(moved)
         self.children.clear()
+        # Child SA work waiting on this IKE SA continues on the new one.
+        pending = [t for t in self.queue if isinstance(t, CreateChildTask)]
+        self.queue = deque(t for t in self.queue if not isinstance(t, CreateChildTask))
+        for t in pending:
+            new.queue.append(t)
+        if self._retry_tasks:
+            new._retry_tasks.extend(self._retry_tasks)
+            new.retry_at = self.retry_at
+            self._retry_tasks = []
+            self.retry_at = None
+        new._kick(now)
+        self.ctx.touch(new)
         self.state = IkeState.REKEYED
         self.rekeyed_into = new
         self.rekey_at = None
@@ -1938,7 +1952,7 @@ class IkeSa:
     def _after_response(self, now: float) -> None:
         if self._after_close:
             reason, self._after_close = self._after_close, ""
-            self._teardown(reason)
+            self._teardown(reason, silent_ike=self._after_close_silent)
 
     def _on_delete_ike(self, now: float) -> None:
         """The peer deletes this IKE SA (and so every Child SA of it, RFC 7296 §1.4.1)."""

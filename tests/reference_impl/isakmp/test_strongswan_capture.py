@@ -223,3 +223,46 @@ def test_our_phase1_sa_is_strongswans(ike: list[tuple[bytes, Message]]) -> None:
     theirs = ike[0][1].find(SaPayload)
     assert theirs is not None
     assert phase1_sa([Phase1Transform(7, 256, 4, 1, 14, 15840)]).encode_body() == theirs.body
+
+
+def test_esp_packets_decrypt_with_our_keymat(
+    keys: dict[str, bytes], ike: list[tuple[bytes, Message]]
+) -> None:
+    """The ESP-in-UDP packets of the capture (RFC 3948, RFC 4303) verify and decrypt with the
+    KEYMAT we derive (HMAC-SHA2-256-128 over SPI..ciphertext, AES-CBC-128). The driver will
+    take this over; here the registry's transforms are used directly."""
+    from reference_impl.crypto import integ
+    from reference_impl.crypto.ids import IntegId
+
+    c = _cipher(kdf1.ikev1_encryption_key(PRF, keys["e"], 32))
+    qm1, qm2 = ike[6][1], ike[7][1]
+    mid = qm1.header.message_id
+    iv = kdf1.ikev1_phase2_iv(PRF, ike[5][1].ciphertext[-16:], mid, 16)
+    p1 = decode_payloads(qm1.header.next_payload, c.decrypt(iv, qm1.ciphertext), padded=True)
+    p2 = decode_payloads(
+        qm2.header.next_payload, c.decrypt(qm1.ciphertext[-16:], qm2.ciphertext), padded=True
+    )
+    ni = next(p for p in p1 if isinstance(p, NoncePayload)).data
+    nr = next(p for p in p2 if isinstance(p, NoncePayload)).data
+    sa1, sa2 = p1[1], p2[1]
+    assert isinstance(sa1, SaPayload) and isinstance(sa2, SaPayload)
+    by_spi = {}
+    for spi in (sa1.proposals[0].spi, sa2.proposals[0].spi):
+        km = kdf1.ikev1_quick_keymat(PRF, keys["d"], 3, spi, ni, nr, 48)
+        cipher = encr(EncrId.ENCR_AES_CBC, 128).prepare(km[:16])
+        mac = integ(IntegId.AUTH_HMAC_SHA2_256_128).prepare(km[16:])
+        by_spi[spi] = (cipher, mac)
+    esp = [d for d in read_pcap() if d.dport == 4500 and d.payload[:4] != bytes(4)]
+    assert len(esp) == 4
+    for d in esp:
+        pkt = d.payload
+        cipher, mac = by_spi[pkt[:4]]
+        assert mac.verify(pkt[:-16], pkt[-16:])
+        assert isinstance(cipher, BlockCipher)
+        inner = cipher.decrypt(pkt[8:24], pkt[24:-16])
+        pad_len, next_header = inner[-2], inner[-1]
+        assert next_header == 4  # IPv4 in tunnel mode
+        ip = inner[: -2 - pad_len]
+        assert ip[9] == 1  # ICMP
+        src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
+        assert {src, dst} == {"10.1.0.1", "10.2.0.1"}

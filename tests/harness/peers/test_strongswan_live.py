@@ -22,6 +22,7 @@ from harness.peers.base import (
     wait_for_sa,
 )
 from harness.peers.libreswan import LibreswanPeer
+from harness.peers.pki import make_pki
 from harness.peers.strongswan import StrongSwanPeer
 from harness.topology import Topology
 from harness.topology.base import Node
@@ -173,6 +174,27 @@ def test_child_and_ike_rekey_keep_the_tunnel(
     assert ike_i[new.unique_id].spi_i == new.spi_i
     assert ike_i[new.unique_id].secrets == ike_r.secrets
     assert ike_i[new.unique_id].secrets != ike_i[old.unique_id].secrets
+
+
+@pytest.mark.parametrize("kind", ["ecdsa", "rsa"])
+def test_ikev2_certificate_authentication(
+    pair: Topology, swans: tuple[StrongSwanPeer, StrongSwanPeer], tmp_path: Path, kind: str
+) -> None:
+    a, b = pair.node("a"), pair.node("b")
+    base = Scenario.between(a, b)
+    pki = make_pki(tmp_path / "pki", [a.addresses.v4, b.addresses.v4], kind)  # type: ignore[arg-type]
+    scenario = pki.apply(base)
+    assert scenario.needs() >= {"auth.ecdsa" if kind == "ecdsa" else "auth.rsa"}
+    ini, resp = swans
+    ini.configure(scenario)
+    resp.configure(scenario)
+    ini.initiate(timeout=10)
+    assert _established(ini.list_sas())
+    assert _ping(a, b)
+    log = ini.log_path.read_text()
+    # strongSwan signs with RFC 7427 digital signatures (auth method 14) by default
+    method = "ECDSA_WITH_SHA256_DER" if kind == "ecdsa" else "RSA_EMSA_PKCS1_SHA2_256"
+    assert f"authentication of '{b.addresses.v4}' with {method} successful" in log
 
 
 def test_a_scenario_the_peer_cannot_run_is_not_applicable(

@@ -5,8 +5,9 @@ extracted into the project cache, never installed. pluto hard-codes
 ``/usr/libexec/ipsec/addconn``, so it runs with the extracted ``usr/libexec`` bind-mounted over
 ``/usr/libexec`` in its own private mount namespace (the host is untouched), with a private
 ``/run``, its config, NSS database, secrets and control socket in the node's scratch directory
-and its log (``--stderrlog``) in the node's kept log directory. whack and addconn run on the
-host and talk to pluto over the control socket.
+and its log (``--stderrlog``) in the node's kept log directory. whack and addconn run in the
+node (``Node.exec``) and talk to pluto over the control socket. A node that has libreswan
+installed (its container image) runs its own pluto without any bind mount.
 
 On a kernel without ESP/AH (this project's CI) every IPsec SA install fails with errno 38:
 libreswan is then an IKE-only peer (childless IKEv2 SAs, IKE rekey, informational exchanges,
@@ -123,6 +124,8 @@ class LibreswanPeer(Peer):
         self.ctl = self.run_dir / "pluto.ctl"
         self.process: NodeProcess | None = None
         self._loaded: set[str] = set()
+        self._libexec = SYSTEM_LIBEXEC
+        """``usr/libexec`` holding libreswan's programs, as the node sees it."""
 
     # availability and capabilities
 
@@ -197,33 +200,40 @@ class LibreswanPeer(Peer):
 
     # life cycle
 
+    def _tool(self, name: str) -> str:
+        """Path of a libreswan program as the node sees it (for node.exec)."""
+        return str(self._libexec / "ipsec" / name)
+
     def _whack(self, *args: str, timeout: float = 15.0) -> system.Completed:
-        libexec = libexec_dir()
-        assert libexec is not None
-        return system.run(
-            [str(libexec / "ipsec/whack"), "--ctlsocket", str(self.ctl), *args], timeout=timeout
-        )
+        argv = [self._tool("whack"), "--ctlsocket", str(self.ctl), *args]
+        return self.node.exec(argv, timeout=timeout)
 
     def start(self) -> None:
+        """Start pluto in the node: the node's own libreswan if it has one (a libreswan
+        container), else the extracted package bind-mounted over ``/usr/libexec`` (netns)."""
         if self.process is not None and self.process.running:
             return
         topo = self.node.topology
         topo.require(FEATURE_ROOT)
-        topo.require(FEATURE_BINDS)
-        libexec = libexec_dir()
-        if libexec is None:
+        binds: dict[str, str] = {}
+        if self.node.exec(["test", "-x", str(SYSTEM_LIBEXEC / "ipsec/pluto")]).ok:
+            self._libexec = SYSTEM_LIBEXEC
+        elif (EXTRACTED / "usr/libexec/ipsec/pluto").exists():
+            topo.require(FEATURE_BINDS)
+            self._libexec = EXTRACTED / "usr/libexec"
+            binds = {str(self._libexec): str(SYSTEM_LIBEXEC)}
+        else:
             raise NotApplicable([f"{self.kind}: pluto is not installed (scripts/install-peers)"])
         for d in (self.conf_dir, self.run_dir, self.nss_dir):
             d.mkdir(parents=True, exist_ok=True)
         if not (self.nss_dir / "cert9.db").exists():
-            system.run(
-                ["certutil", "-N", "-d", f"sql:{self.nss_dir}", "--empty-password"],
-                timeout=30,
-                check=True,
+            result = self.node.exec(
+                ["certutil", "-N", "-d", f"sql:{self.nss_dir}", "--empty-password"], timeout=30
             )
+            if not result.ok:
+                raise PeerError(f"libreswan: certutil: {result.first_line()}")
         if not self.conf_path.exists():
             self._write_conf(None)
-        binds = {} if libexec == SYSTEM_LIBEXEC else {str(libexec): str(SYSTEM_LIBEXEC)}
         self.process = self.node.spawn(
             "pluto",
             [
@@ -349,10 +359,8 @@ class LibreswanPeer(Peer):
             self.start()
         for name in self._loaded:
             self._whack("--delete", "--name", name)
-        libexec = libexec_dir()
-        assert libexec is not None
-        addconn = [str(libexec / "ipsec/addconn"), "--config", str(self.conf_path)]
-        result = system.run([*addconn, "--ctlsocket", str(self.ctl), scenario.name], timeout=30)
+        addconn = [self._tool("addconn"), "--config", str(self.conf_path)]
+        result = self.node.exec([*addconn, "--ctlsocket", str(self.ctl), scenario.name], timeout=30)
         if not result.ok:
             raise PeerError(f"libreswan: addconn {scenario.name}: {result.stderr or result.stdout}")
         self._whack("--rereadsecrets")

@@ -61,7 +61,7 @@ from harness.peers.base import (
     wait_for_sa,
 )
 from harness.peers.charon_log import parse_keys
-from harness.topology.base import FEATURE_BINDS, FEATURE_ROOT, Node, NodeProcess, wait_until
+from harness.topology.base import FEATURE_ROOT, Node, NodeProcess, wait_until
 
 PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
 PLUGINS = (
@@ -185,7 +185,6 @@ class StrongSwanPeer(Peer):
             return
         topo = self.node.topology
         topo.require(FEATURE_ROOT)
-        topo.require(FEATURE_BINDS)
         path = charon_path()
         if path is None:
             raise NotApplicable([f"{self.kind}: charon is not installed"])

@@ -197,7 +197,8 @@ def _rule_entries(
         if not made:
             warnings.append(
                 f"rule {rule.name!r} filter {f.index} ({f}): compiles to no SPD entry on this "
-                "node (no address of a matching family, or no local address on its local side)"
+                "node (its local side has none of our addresses, its remote side is only our "
+                "own, or no address of a matching family)"
             )
     return entries
 

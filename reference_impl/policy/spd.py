@@ -225,17 +225,18 @@ class SpdEntry:
         if self.action is not Action.PROTECT or self.params is None:
             return self.action.value
         p = self.params
-        parts = [f"protect({p.name})"]
+        flags = []
         if self.tunnel is not None:
-            parts.append(f"tunnel {self.tunnel[0]}->{self.tunnel[1]}")
+            flags.append(f"tunnel {self.tunnel[0]}->{self.tunnel[1]}")
         if p.allow_fallback:
-            parts.append(f"fallback {p.fallback_after_s:g}s")
+            flags.append(f"fallback {p.fallback_after_s:g}s")
         if p.inbound_passthrough:
-            parts.append("inpass")
+            flags.append("inpass")
         if p.nd_mode != "none":
-            parts.append(f"nd {p.nd_mode}")
-        parts.append(f"shunt {p.negotiation_shunt}")
-        return ", ".join(parts)
+            flags.append(f"nd {p.nd_mode}")
+        if p.negotiation_shunt != "hold":
+            flags.append(f"shunt {p.negotiation_shunt}")
+        return f"protect {p.name}" + (f" [{', '.join(flags)}]" if flags else "")
 
     def to_json(self) -> dict[str, object]:
         return {

@@ -472,8 +472,9 @@ class _Checker:
                     base if a is None else (*base, "allow_fallback"),
                     "V6",
                     f"{where}: FIPS mode (settings.fips) refuses fallback to clear",
-                    "set allow_fallback: false, or settings.fips: false"
-                    + (f" (the shorthand {shorthand} implies fallback)" if shorthand else ""),
+                    f"{shorthand} implies fallback: use requireinrequireout, or fips: false"
+                    if shorthand
+                    else "set allow_fallback: false, or settings.fips: false",
                 )
             if fa.negotiation_shunt is Shunt.PASS:
                 self.err(

@@ -8,6 +8,7 @@ read this registry; there is no second copy of the catalogue anywhere.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,8 +112,15 @@ def case(
     return mark
 
 
-def load_suites(package: str = "suites") -> list[CaseInfo]:
+def suites_package() -> str:
+    """The package holding the suites: ``suites``, or ``$IPSEC_INTEROP_SUITES`` (a custom
+    suites package on ``sys.path``, e.g. a vendor's own cases written with :func:`case`)."""
+    return os.environ.get("IPSEC_INTEROP_SUITES", "suites")
+
+
+def load_suites(package: str | None = None) -> list[CaseInfo]:
     """Import every suite module so its cases register; return them sorted by suite and ID."""
+    package = package or suites_package()
     pkg = importlib.import_module(package)
     for module in pkgutil.iter_modules(pkg.__path__, prefix=f"{package}."):
         if module.name.rsplit(".", 1)[-1].startswith("test_"):

@@ -1,0 +1,211 @@
+"""``ipsec-interop run``: the conformance run, the main job."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from harness.exitcodes import EXIT_CODES_HELP, ExitCode
+
+TOPOLOGIES = ("local", "netns", "docker")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(run)
+
+
+@click.command(epilog="\b\nExit codes:\n" + EXIT_CODES_HELP)
+@click.option("--suite", "suites", multiple=True, help="Only this suite (repeatable).")
+@click.option(
+    "--case", "cases", multiple=True, help="Only these case IDs; globs allowed (repeatable)."
+)
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    help="Peer under test (repeatable): reference, strongswan, libreswan, external. "
+    "The reference node plays the other side. Default: reference.",
+)
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(["I", "R"]),
+    help="Role of the peer under test: I (initiator) or R (responder). Default: both.",
+)
+@click.option(
+    "--topology",
+    type=click.Choice(TOPOLOGIES),
+    default="local",
+    show_default=True,
+    help="Where the peers run: processes on loopback, network namespaces (root), Docker.",
+)
+@click.option(
+    "--target", default=None, help="Address of an external device (with --peer external)."
+)
+@click.option(
+    "--peer-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML description of the external device (credentials, capabilities).",
+)
+@click.option("--strict", is_flag=True, help="A SHOULD that is not met fails the run.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Parallel workers, each with its own isolated topology.",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Expected results: only deviations decide the exit code.",
+)
+@click.option(
+    "--reports",
+    "reports_dir",
+    type=click.Path(file_okay=False),
+    default="reports",
+    show_default=True,
+    help="Where reports and evidence are written.",
+)
+@click.option(
+    "--export-keys/--no-export-keys",
+    default=None,
+    help="Write SA keys (Wireshark tables). Default: only when every peer is ours.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress display.")
+@click.option("-v", "--verbose", is_flag=True, help="Show pytest's own output.")
+def run(
+    suites: tuple[str, ...],
+    cases: tuple[str, ...],
+    peers: tuple[str, ...],
+    roles: tuple[str, ...],
+    topology: str,
+    target: str | None,
+    peer_file: str | None,
+    strict: bool,
+    jobs: int,
+    baseline: str | None,
+    reports_dir: str,
+    export_keys: bool | None,
+    no_progress: bool,
+    verbose: bool,
+) -> None:
+    """Run the conformance suites and write the reports.
+
+    With no arguments: every suite, our reference implementation against itself on the
+    local topology (no root, no Docker), reports in ./reports (index.html, results.json,
+    junit.xml, allure-results/).
+    """
+    from harness.cases import load_suites, suites_package
+    from harness.peers.registry import ADAPTERS
+    from harness.pytest_plugin import case_selected
+
+    package = suites_package()
+    all_cases = load_suites(package)
+    known_suites = sorted({c.suite for c in all_cases})
+    for s in suites:
+        if s not in known_suites:
+            raise click.UsageError(f"unknown suite {s!r}; suites are: {', '.join(known_suites)}")
+    for p in peers:
+        if p not in ADAPTERS:
+            raise click.UsageError(f"unknown peer {p!r}; peers are: {', '.join(ADAPTERS)}")
+    if "external" in peers and not target:
+        raise click.UsageError("--peer external needs --target ADDRESS")
+    selected = [c for c in all_cases if case_selected(c, list(cases), set(suites))]
+    if not selected:
+        click.echo("No case matches the selection.", err=True)
+        sys.exit(ExitCode.NOTHING_SELECTED)
+
+    reports = Path(reports_dir)
+    suites_dir = Path(importlib.import_module(package).__path__[0])
+    args = [str(suites_dir), "-p", "no:cacheprovider", "--ipsec-topology", topology,
+            "--ipsec-reports", str(reports), "--ipsec-rerun", "ipsec-interop run",
+            "--alluredir", str(reports / "allure-results"), "--clean-alluredir",
+            "-o", "console_output_style=classic"]  # fmt: skip
+    for p in peers:
+        args += ["--ipsec-peer", p]
+    for r in roles:
+        args += ["--ipsec-role", r]
+    for c in cases:
+        args += ["--ipsec-case", c]
+    for s in suites:
+        args += ["--ipsec-suite", s]
+    if target:
+        args += ["--ipsec-target", target]
+    if peer_file:
+        args += ["--ipsec-peer-file", peer_file]
+    if strict:
+        args.append("--ipsec-strict")
+    if export_keys is not None:
+        args += ["--ipsec-export-keys", "yes" if export_keys else "no"]
+    if jobs > 1:
+        args += ["-n", str(jobs)]
+    if not no_progress and not verbose:
+        args += ["--ipsec-progress", "-p", "no:terminal"]
+    elif not verbose:
+        args += ["-q", "--no-header", "--tb=no"]
+
+    os.environ["IPSEC_INTEROP_COMMAND"] = shlex.join(["ipsec-interop", *sys.argv[1:]])
+    results_file = reports / "results.json"
+    if results_file.exists():
+        results_file.unlink()
+
+    import pytest
+
+    status = pytest.main(args)
+    sys.exit(_finish(int(status), reports, baseline))
+
+
+def _finish(status: int, reports: Path, baseline: str | None) -> int:
+    """Print the summary and work out the exit code from the results (not from pytest)."""
+    import pytest
+    from rich.console import Console
+
+    from harness.report import RunResults, run_exit_code
+    from harness.report.summary import summary_tables
+
+    console = Console()
+    results_file = reports / "results.json"
+    if status == pytest.ExitCode.INTERRUPTED:
+        console.print("[red]run interrupted[/red]")
+        return ExitCode.ENVIRONMENT_ERROR
+    if status == pytest.ExitCode.USAGE_ERROR:
+        return ExitCode.USAGE_ERROR
+    if not results_file.exists():
+        console.print(f"[red]no results were written ({results_file}); pytest exit {status}[/red]")
+        return ExitCode.ENVIRONMENT_ERROR
+    results = RunResults.load(results_file)
+    for table in summary_tables(results):
+        console.print(table)
+    problems = [r for r in results.results if r.verdict.value in ("fail", "error")]
+    for r in problems[:50]:
+        console.print(
+            f"[red]{r.verdict.value.upper()}[/red] {r.case} {r.peer} {r.role.value}: {r.reason}"
+        )
+        if r.rerun:
+            console.print(f"    rerun: {r.rerun}", style="dim")
+    if len(problems) > 50:
+        console.print(f"... and {len(problems) - 50} more in the report")
+    if baseline:
+        from harness.report.baseline import compare, exit_code, load
+        from harness.report.summary import deviations_table
+
+        comparison = compare(results, load(Path(baseline)))
+        console.print(deviations_table(comparison))
+        code = exit_code(comparison)
+    else:
+        code = run_exit_code(results)
+    console.print(f"reports: {reports / 'index.html'}  ({results_file})")
+    if not results.results:
+        return ExitCode.NOTHING_SELECTED
+    return int(code)

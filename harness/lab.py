@@ -1,0 +1,233 @@
+"""The lab a conformance run works in: one topology per worker, the peer under test, and the
+reference node that plays the other side (the "tester").
+
+Topologies and peers are expensive to start, so a :class:`Lab` starts them on first use and
+keeps them for the whole pytest session of one worker; each case reconfigures them through
+its :class:`CaseContext`. With pytest-xdist every worker has its own lab and so its own
+isolated topology (run labels keep their resource names apart).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.cases import CaseInfo, Role
+
+if TYPE_CHECKING:
+    from harness.peers.base import Peer, Scenario
+    from harness.report import CaseRecording, PeerInfo
+    from harness.topology.base import Topology
+
+PUT_NODE = "put"
+TESTER_NODE = "tester"
+TESTER_NAME = "tester"
+"""Column name of the reference node playing the other side in the report."""
+
+NEEDS_NODE = {
+    "strongswan": "needs --topology netns or docker (charon runs in a namespace)",
+    "libreswan": "needs --topology netns or docker (pluto runs in a namespace)",
+}
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    peers: tuple[str, ...] = ("reference",)
+    roles: tuple[str, ...] = ()
+    topology: str = "local"
+    target: str | None = None
+    peer_file: str | None = None
+    strict: bool = False
+    reports: Path = Path("reports")
+    rerun: str = "ipsec-interop run"
+
+
+def peer_infos(options: LabOptions) -> list[PeerInfo]:
+    """The report's peer list: each peer under test, then the tester."""
+    from harness.peers.registry import AdapterMissing, peer_class
+    from harness.report import PeerInfo
+
+    infos = []
+    for kind in options.peers:
+        version = None
+        try:
+            avail = peer_class(kind).availability()
+            version = avail.detail if avail.available else None
+        except (AdapterMissing, ValueError):
+            pass
+        infos.append(
+            PeerInfo(
+                name=kind,
+                implementation=kind,
+                version=version,
+                under_test=True,
+                address=options.target if kind == "external" else None,
+            )
+        )
+    infos.append(PeerInfo(name=TESTER_NAME, implementation="reference", under_test=False))
+    return infos
+
+
+class Lab:
+    """Per-worker topology and peers, started lazily, closed at the end of the session."""
+
+    def __init__(self, options: LabOptions) -> None:
+        self.options = options
+        self._topology: Topology | None = None
+        self._stack = contextlib.ExitStack()
+        self._peers: dict[str, Peer] = {}
+
+    @property
+    def topology(self) -> Topology:
+        if self._topology is None:
+            from harness.topology import TopologySpec, open_topology
+
+            spec = TopologySpec.pair(PUT_NODE, TESTER_NODE)
+            artifacts = self.options.reports / "lab"
+            self._topology = self._stack.enter_context(
+                open_topology(self.options.topology, spec, artifacts=artifacts)
+            )
+        return self._topology
+
+    def peer(self, kind: str, node_name: str) -> Peer:
+        """The started adapter of ``kind`` on ``node_name`` (one per node and kind)."""
+        key = f"{kind}@{node_name}"
+        peer = self._peers.get(key)
+        if peer is None:
+            from harness.peers.base import NotApplicable
+            from harness.peers.registry import AdapterMissing, peer_class
+
+            if kind in NEEDS_NODE and self.options.topology == "local":
+                raise NotApplicable([f"{kind}: {NEEDS_NODE[kind]}"])
+            try:
+                cls = peer_class(kind)
+            except AdapterMissing as exc:
+                raise NotApplicable([str(exc)]) from None
+            avail = cls.availability()
+            if not avail.available:
+                raise NotApplicable([f"{kind}: {avail.detail}"])
+            node = None if kind == "external" else self.topology.node(node_name)
+            peer = cls(node)
+            peer.start()
+            self._stack.callback(peer.stop)
+            self._peers[key] = peer
+        return peer
+
+    def context(self, info: CaseInfo, peer: str, role: Role, nodeid: str) -> CaseContext:
+        return CaseContext(self, info, peer, role, nodeid)
+
+    def close(self) -> None:
+        self._stack.close()
+        self._peers.clear()
+        self._topology = None
+
+
+@dataclass
+class CaseContext:
+    """What a case body works with: ``ctx.put`` (peer under test), ``ctx.tester`` (our
+    reference node on the other side), the topology, the recording and evidence helpers."""
+
+    lab: Lab
+    info: CaseInfo
+    peer_name: str
+    role: Role
+    nodeid: str
+    parameters: dict[str, str] = field(default_factory=dict)
+    recording: CaseRecording | None = None
+    started: float = field(default_factory=time.monotonic)
+    _logs_at_start: dict[Path, int] = field(default_factory=dict)
+
+    # -- the parts -------------------------------------------------------------------------
+
+    @property
+    def put(self) -> Peer:
+        return self.lab.peer(self.peer_name, PUT_NODE)
+
+    @property
+    def tester(self) -> Peer:
+        return self.lab.peer("reference", TESTER_NODE)
+
+    @property
+    def topology(self) -> Topology:
+        return self.lab.topology
+
+    @property
+    def put_initiates(self) -> bool:
+        return self.role is Role.INITIATOR
+
+    def check_needs(self) -> None:
+        """Raise NotApplicable when the peer under test lacks a capability the case needs."""
+        from harness.peers.base import NotApplicable
+        from harness.peers.registry import AdapterMissing, peer_class
+
+        if self.peer_name in NEEDS_NODE and self.lab.options.topology == "local":
+            raise NotApplicable([f"{self.peer_name}: {NEEDS_NODE[self.peer_name]}"])
+        if not self.info.needs:
+            return
+        try:
+            cls = peer_class(self.peer_name)
+        except AdapterMissing as exc:
+            raise NotApplicable([str(exc)]) from None
+        cls.capabilities().require(self.info.needs)
+
+    # -- scenarios ---------------------------------------------------------------------------
+
+    def scenario(self, **kwargs: Any) -> Scenario:
+        """A scenario between the peer under test and the tester (outer addresses as IDs)."""
+        from harness.peers.base import Scenario
+
+        topo = self.topology
+        scenario = Scenario.between(topo.node(PUT_NODE), topo.node(TESTER_NODE), **kwargs)
+        self.put.capabilities().require((), scenario)
+        return scenario
+
+    def establish(self, scenario: Scenario, timeout: float = 30.0) -> None:
+        """Configure both ends and let the side the role names initiate."""
+        put, tester = self.put, self.tester
+        with self.step("configure both peers"):
+            put.configure(scenario)
+            tester.configure(scenario)
+        initiator = put if self.put_initiates else tester
+        with self.step(f"{initiator.kind} initiates"):
+            initiator.initiate(timeout=timeout)
+
+    # -- recording ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        if self.recording is None:
+            yield
+            return
+        with self.recording.step(name):
+            yield
+
+    def rerun_command(self) -> str:
+        opts = self.lab.options
+        parts = [opts.rerun, "--case", self.info.id, "--peer", self.peer_name,
+                 "--role", self.role.value, "--topology", opts.topology]  # fmt: skip
+        if opts.target:
+            parts += ["--target", opts.target]
+        return " ".join(parts)
+
+    def attach_evidence(self) -> None:
+        """Attach the peers' logs (what they wrote during this case) to the recording."""
+        if self.recording is None:
+            return
+        from harness.report import EvidenceKind
+
+        for key, peer in list(self.lab._peers.items()):
+            for path in peer.logs():
+                try:
+                    text = path.read_text(errors="replace")
+                except OSError:
+                    continue
+                self.recording.attach_text(
+                    f"{key} {path.name}", text[-200_000:], EvidenceKind.LOG, filename=path.name
+                )
+
+    def close(self) -> None:
+        pass

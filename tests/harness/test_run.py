@@ -1,0 +1,121 @@
+"""``ipsec-interop run`` end to end on a small custom suites package (no peers needed):
+selection, verdict grading, parallel workers, reports and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.exitcodes import ExitCode
+
+SUITE = textwrap.dedent(
+    '''
+    from harness.cases import case
+    from harness.peers.base import NotApplicable
+
+
+    @case("DEMO-001", suite="demo", rfc="4303 §3.4.3", level="MUST", roles="IR",
+          title="always met")
+    def test_demo_001(ctx):
+        with ctx.step("look"):
+            assert ctx.info.id == "DEMO-001"
+
+
+    @case("DEMO-002", suite="demo", rfc="4303 §2.4", level="MUST", roles="R",
+          title="never met")
+    def test_demo_002(ctx):
+        assert 1 + 1 == 3, "arithmetic is broken"
+
+
+    @case("DEMO-003", suite="demo", rfc="4303 §2.4", level="SHOULD", roles="R",
+          title="a SHOULD not met")
+    def test_demo_003(ctx):
+        assert False, "padding not checked"
+
+
+    @case("DEMO-004", suite="demo", rfc="4302 §2", level="MUST", roles="I",
+          title="needs something the peer lacks")
+    def test_demo_004(ctx):
+        raise NotApplicable(["ah: protocol not supported"])
+    '''
+)
+
+
+@pytest.fixture
+def suites_pkg(tmp_path: Path) -> Path:
+    pkg = tmp_path / "demosuites"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "conftest.py").write_text('pytest_plugins = ["harness.pytest_plugin"]\n')
+    (pkg / "test_demo.py").write_text(SUITE)
+    return tmp_path
+
+
+def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "IPSEC_INTEROP_SUITES": "demosuites",
+        "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "COLUMNS": "160",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--reports", str(root / "reports"), *args],
+        capture_output=True, text=True, timeout=240, env=env, cwd=root,
+    )  # fmt: skip
+
+
+def verdicts(root: Path) -> dict[tuple[str, str], str]:
+    data = json.loads((root / "reports" / "results.json").read_text())
+    return {(r["case"], r["role"]): r["verdict"] for r in data["results"]}
+
+
+def test_full_run_grades_and_reports(suites_pkg: Path) -> None:
+    proc = run_cli(suites_pkg, "--no-progress")
+    assert proc.returncode == ExitCode.CONFORMANCE_FAILURE, proc.stdout + proc.stderr
+    assert verdicts(suites_pkg) == {
+        ("DEMO-001", "I"): "pass",
+        ("DEMO-001", "R"): "pass",
+        ("DEMO-002", "R"): "fail",
+        ("DEMO-003", "R"): "warning",
+        ("DEMO-004", "I"): "not_applicable",
+    }
+    reports = suites_pkg / "reports"
+    for name in ("index.html", "junit.xml", "results.json"):
+        assert (reports / name).is_file(), name
+    assert any((reports / "allure-results").glob("*-result.json"))
+    data = json.loads((reports / "results.json").read_text())
+    failing = next(r for r in data["results"] if r["case"] == "DEMO-002")
+    assert "arithmetic is broken" in failing["reason"]
+    assert "--case DEMO-002 --peer reference --role R" in failing["rerun"]
+
+
+def test_selection_and_strict(suites_pkg: Path) -> None:
+    ok = run_cli(suites_pkg, "--case", "DEMO-001", "--no-progress")
+    assert ok.returncode == ExitCode.OK, ok.stdout + ok.stderr
+    assert set(verdicts(suites_pkg)) == {("DEMO-001", "I"), ("DEMO-001", "R")}
+    role = run_cli(suites_pkg, "--case", "demo-00[13]", "--role", "R", "--no-progress")
+    assert role.returncode == ExitCode.OK, "a SHOULD not met is only a warning"
+    assert set(verdicts(suites_pkg)) == {("DEMO-001", "R"), ("DEMO-003", "R")}
+    strict = run_cli(suites_pkg, "--case", "DEMO-003", "--strict", "--no-progress")
+    assert strict.returncode == ExitCode.CONFORMANCE_FAILURE
+    assert verdicts(suites_pkg) == {("DEMO-003", "R"): "fail"}
+
+
+def test_nothing_selected_and_usage_errors(suites_pkg: Path) -> None:
+    assert run_cli(suites_pkg, "--case", "NOPE-*").returncode == ExitCode.NOTHING_SELECTED
+    assert run_cli(suites_pkg, "--suite", "nosuch").returncode == ExitCode.USAGE_ERROR
+    assert run_cli(suites_pkg, "--peer", "nosuch").returncode == ExitCode.USAGE_ERROR
+    assert run_cli(suites_pkg, "--peer", "external").returncode == ExitCode.USAGE_ERROR
+
+
+def test_parallel_workers_give_the_same_verdicts(suites_pkg: Path) -> None:
+    proc = run_cli(suites_pkg, "--jobs", "2")
+    assert proc.returncode == ExitCode.CONFORMANCE_FAILURE, proc.stdout + proc.stderr
+    assert verdicts(suites_pkg)[("DEMO-002", "R")] == "fail"
+    assert len(verdicts(suites_pkg)) == 5

@@ -124,6 +124,7 @@ class Machine:
 
     __slots__ = (
         "acquire_id",
+        "acquire_ids",
         "alive",
         "deadlines",
         "entry",
@@ -131,6 +132,7 @@ class Machine:
         "failure_replied",
         "hold",
         "ike_active",
+        "initiator_spis",
         "pair",
         "params",
         "peer_replied",
@@ -147,6 +149,8 @@ class Machine:
         self.params = params
         self.state = SaState.NO_SA
         self.acquire_id: int | None = None
+        self.acquire_ids: list[int] = []
+        self.initiator_spis: list[bytes] = []
         self.ike_active = False
         self.peer_replied = False
         self.hold: deque[_Held] = deque()
@@ -456,6 +460,7 @@ class PolicyAgent:
         mach.ike_active = True
         mach.state = SaState.ACQUIRING
         self._by_acquire[acquire_id] = mach
+        mach.acquire_ids.append(acquire_id)
         ike = policy.ike
         local_pkt, remote_pkt = _packet_selectors(m)
         acq = Acquire(
@@ -537,7 +542,12 @@ class PolicyAgent:
         """Tell the agent the initiator SPI/cookie IKE chose for an ACQUIRE (for E7 matching)."""
         mach = self._by_acquire.get(acquire_id)
         if mach is not None and mach.alive and len(spi) >= 8:
-            self._by_initiator_spi[bytes(spi[:8])] = mach
+            self._remember_spi(mach, bytes(spi[:8]))
+
+    def _remember_spi(self, mach: Machine, spi: bytes) -> None:
+        if self._by_initiator_spi.get(spi) is not mach:
+            self._by_initiator_spi[spi] = mach
+            mach.initiator_spis.append(spi)
 
     def _current(self, acquire_id: int | None) -> Machine | None:
         if acquire_id is None:
@@ -553,7 +563,7 @@ class PolicyAgent:
         if mach is None or not mach.alive:
             return
         if len(ev.ike_sa_id) >= 8:
-            self._by_initiator_spi[ev.ike_sa_id[:8]] = mach
+            self._remember_spi(mach, ev.ike_sa_id[:8])
         if ev.acquire_id is not None and ev.acquire_id != mach.acquire_id:
             return  # a reply to an earlier attempt
         mach.peer_replied = True
@@ -931,10 +941,12 @@ class PolicyAgent:
                 del self._by_out_spi[mach.pair.outbound.spi]
             if self._by_in_spi.get(mach.pair.inbound.spi) is mach:
                 del self._by_in_spi[mach.pair.inbound.spi]
-        for aid in [k for k, v in self._by_acquire.items() if v is mach]:
-            del self._by_acquire[aid]
-        for spi in [k for k, v in self._by_initiator_spi.items() if v is mach]:
-            del self._by_initiator_spi[spi]
+        for aid in mach.acquire_ids:
+            if self._by_acquire.get(aid) is mach:
+                del self._by_acquire[aid]
+        for spi in mach.initiator_spis:
+            if self._by_initiator_spi.get(spi) is mach:
+                del self._by_initiator_spi[spi]
 
     # ========================================================================= inbound (§4)
 
@@ -1080,47 +1092,53 @@ class PolicyAgent:
             return None
         v = lts.start_addr.version
         local, remote = int(lts.start_addr), int(rts.start_addr)
-        entry = self._protect_entry(compiled, v, local, remote, lts, rts)
-        if entry is not None and entry.params is not None and entry.rule is not None:
-            lo = _narrow(lts, entry.local, entry.local_ports, entry.proto)
-            re = _narrow(rts, entry.remote, entry.remote_ports, entry.proto)
-            if lo is None or re is None:
-                return None
-            return ResponderPolicy(
-                rule=entry.rule.name,
-                local=lo,
-                remote=re,
-                mode=Mode.TUNNEL if entry.tunnel is not None else Mode.TRANSPORT,
-                security_methods=entry.params.security_methods,
-                pfs=entry.params.session_key_pfs,
-                auth_methods=entry.rule.auth_methods,
-                tunnel=entry.tunnel,
-            )
         spd = compiled.spd
-        first = spd.lookup(
-            Direction.IN, v, local, remote, lts.ip_protocol, lts.start_port, rts.start_port
-        )
+        firsts = [
+            spd.lookup(d, v, local, remote, lts.ip_protocol, lts.start_port, rts.start_port)
+            for d in (Direction.IN, Direction.OUT)
+        ]
         drr = compiled.policy.default_response_rule
-        if first.action is Action.DISCARD or drr is None:
-            self.counters.inc("responder.rejected")
-            self.audit.record(
-                now,
-                "responder_rejected",
-                f"{lts} <-> {rts}",
-                peer=peer,
-                reason="discard rule" if first.action is Action.DISCARD else "no matching rule",
+        reason = ""
+        if any(e.action is Action.DISCARD for e in firsts):
+            reason = "discard rule"
+        else:
+            entry = next(
+                (e for e in firsts if e.action is Action.PROTECT and e.origin == "rule"), None
             )
-            return None
-        return ResponderPolicy(
-            rule=_DRR_ACTION_NAME,
-            local=lts,
-            remote=rts,
-            mode=Mode.TRANSPORT,
-            security_methods=drr.security_methods,
-            pfs=False,
-            auth_methods=drr.auth_methods,
-            default_response_rule=True,
-        )
+            if entry is None:
+                # A wide proposal (RFC 7296 §2.9): narrow to the first PROTECT entry it meets.
+                entry = _first_intersecting(compiled, lts, rts)
+            if entry is not None and entry.params is not None and entry.rule is not None:
+                lo = _narrow(lts, entry.local, entry.local_ports, entry.proto)
+                re = _narrow(rts, entry.remote, entry.remote_ports, entry.proto)
+                if lo is not None and re is not None:
+                    return ResponderPolicy(
+                        rule=entry.rule.name,
+                        local=lo,
+                        remote=re,
+                        mode=Mode.TUNNEL if entry.tunnel is not None else Mode.TRANSPORT,
+                        security_methods=entry.params.security_methods,
+                        pfs=entry.params.session_key_pfs,
+                        auth_methods=entry.rule.auth_methods,
+                        tunnel=entry.tunnel,
+                    )
+                reason = "selectors outside the rule"
+            elif drr is not None:
+                return ResponderPolicy(
+                    rule=_DRR_ACTION_NAME,
+                    local=lts,
+                    remote=rts,
+                    mode=Mode.TRANSPORT,
+                    security_methods=drr.security_methods,
+                    pfs=False,
+                    auth_methods=drr.auth_methods,
+                    default_response_rule=True,
+                )
+            else:
+                reason = "no matching rule"
+        self.counters.inc("responder.rejected")
+        self.audit.record(now, "responder_rejected", f"{lts} <-> {rts}", peer=peer, reason=reason)
+        return None
 
     # ============================================================================== outputs
 
@@ -1236,6 +1254,29 @@ def _packet_selectors(m: PacketMeta) -> tuple[TrafficSelector, TrafficSelector]:
             TrafficSelector(dst, dst, m.proto, m.dport, m.dport),
         )
     return TrafficSelector(src, src, m.proto), TrafficSelector(dst, dst, m.proto)
+
+
+def _first_intersecting(
+    compiled: CompiledPolicy, lts: TrafficSelector, rts: TrafficSelector
+) -> SpdEntry | None:
+    """The first static PROTECT entry whose selectors intersect a proposal (§4.5, wide TS)."""
+    v = lts.start_addr.version
+    lr = AddressRange(v, int(lts.start_addr), int(lts.end_addr))
+    rr = AddressRange(v, int(rts.start_addr), int(rts.end_addr))
+    for table in (compiled.spd.inbound, compiled.spd.outbound):
+        for e in table:
+            if e.action is not Action.PROTECT or e.origin != "rule" or e.version != v:
+                continue
+            if e.local.intersect(lr) is None or e.remote.intersect(rr) is None:
+                continue
+            if e.proto and lts.ip_protocol and e.proto != lts.ip_protocol:
+                continue
+            if max(lts.start_port, e.lp_lo) > min(lts.end_port, e.lp_hi):
+                continue
+            if max(rts.start_port, e.rp_lo) > min(rts.end_port, e.rp_hi):
+                continue
+            return e
+    return None
 
 
 def _narrow(

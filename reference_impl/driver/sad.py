@@ -332,6 +332,8 @@ class SecurityAssociationDatabase:
         try:
             pt = sa._open(d[28:36], d[36:tl], d[20:28])
         except IntegrityError:
+            if tl != len(d):  # truncated or padded datagram: let the general path say so
+                return self._unprotect_slow(d, now)
             return sa._drop(_INTEGRITY, d, now, seq), b"", sa
         if seq > top:
             win.replay_bits = ((win.replay_bits << (seq - top)) | 1) & win.replay_mask

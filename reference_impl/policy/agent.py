@@ -347,9 +347,10 @@ class PolicyAgent:
             self._tx.append(Transmit(packet, False))
             return Verdict.BYPASS
         spd = compiled.spd
-        if spd.is_ike(m.version, m.src, m.proto, m.sport):  # O1
+        counters = self.counters
+        if m.proto == 17 and spd.is_ike(m.version, m.src, 17, m.sport):  # O1
             self._tx.append(Transmit(packet, False))
-            self.counters.inc("bypass.ike")
+            counters["bypass.ike"] += 1
             return Verdict.IKE
         flow = self._flow((m.version, m.src, m.dst, m.proto, m.sport, m.dport), m, now)  # O2
         entry = flow.entry
@@ -365,13 +366,12 @@ class PolicyAgent:
         action = entry.action
         if action is Action.BYPASS:
             self._tx.append(Transmit(packet, False))
-            self.counters.inc("bypass.out")
+            counters["bypass.out"] += 1
             return Verdict.BYPASS
         if action is Action.DISCARD:
-            self.counters.inc("drops.policy")
-            self.audit.record_limited(
-                now, "discard", entry.position, m.describe(), direction="out", rule=entry.rule_name
-            )
+            counters["drops.policy"] += 1
+            if (sup := self.audit.allow(now, "discard", entry.position)) is not None:
+                self._audit_packet(now, "discard", sup, m, direction="out", rule=entry.rule_name)
             if entry.params is not None and entry.params.send_icmp_on_discard:
                 self._local_icmp(packet, m, prohibited=True, now=now)
             return Verdict.DISCARDED
@@ -385,7 +385,7 @@ class PolicyAgent:
                 if data is not None:
                     flow.secure = True
                     self._tx.append(Transmit(data, True, mach.out_spi))
-                    self.counters.inc("protected.out")
+                    counters["protected.out"] += 1
                     return Verdict.PROTECTED
                 self._sa_lost(mach, now, "driver has no usable outbound SA")
                 mach = None
@@ -393,14 +393,13 @@ class PolicyAgent:
                 mach.soft_last_used = now
                 if not flow.secure:
                     self._tx.append(Transmit(packet, False))
-                    self.counters.inc("bypass.soft_sa")
+                    counters["bypass.soft_sa"] += 1
                     return Verdict.BYPASS
                 return self._never_downgrade(m, mach, now)
             elif state is SaState.FAILED:
-                self.counters.inc("drops.holddown")
-                self.audit.record_limited(
-                    now, "discard", sel, m.describe(), direction="out", reason="failed"
-                )
+                counters["drops.holddown"] += 1
+                if (sup := self.audit.allow(now, "discard", sel)) is not None:
+                    self._audit_packet(now, "discard", sup, m, direction="out", reason="failed")
                 if mach.params.send_icmp_on_discard:
                     self._local_icmp(packet, m, prohibited=mach.failure_replied, now=now)
                 return Verdict.DISCARDED
@@ -414,11 +413,18 @@ class PolicyAgent:
                 verdict = Verdict.BYPASS if not flow.secure else Verdict.DISCARDED
         return verdict
 
+    def _audit_packet(
+        self, now: float, kind: str, suppressed: int, m: PacketMeta, **fields: object
+    ) -> None:
+        """A per-packet audit record, formatted only once the rate limit allowed it."""
+        if suppressed:
+            fields["suppressed"] = suppressed
+        self.audit.record(now, kind, m.describe(), **fields)
+
     def _never_downgrade(self, m: PacketMeta, mach: Machine, now: float) -> Verdict:
-        self.counters.inc("drops.never_downgrade")
-        self.audit.record_limited(
-            now, "discard", ("nd", mach.sa_sel), m.describe(), direction="out", reason="flow_secure"
-        )
+        self.counters["drops.never_downgrade"] += 1
+        if (sup := self.audit.allow(now, "discard", ("nd", mach.sa_sel))) is not None:
+            self._audit_packet(now, "discard", sup, m, direction="out", reason="flow_secure")
         return Verdict.DISCARDED
 
     def _shunt(
@@ -971,10 +977,9 @@ class PolicyAgent:
             self.counters.inc("bypass.in")
             return Verdict.ACCEPTED
         if action is Action.DISCARD:
-            self.counters.inc("drops.inbound_policy")
-            self.audit.record_limited(
-                now, "discard", entry.position, m.describe(), direction="in", rule=entry.rule_name
-            )
+            self.counters["drops.inbound_policy"] += 1
+            if (sup := self.audit.allow(now, "discard", entry.position)) is not None:
+                self._audit_packet(now, "discard", sup, m, direction="in", rule=entry.rule_name)
             return Verdict.DISCARDED
         p = entry.params
         assert p is not None
@@ -1011,10 +1016,9 @@ class PolicyAgent:
         return Verdict.ACCEPTED
 
     def _discard_clear(self, m: PacketMeta, sel: SaSelector, now: float, why: str) -> Verdict:
-        self.counters.inc("drops.clear_inbound")
-        self.audit.record_limited(
-            now, "clear_inbound_discarded", (sel, why), m.describe(), reason=why, sa=str(sel)
-        )
+        self.counters["drops.clear_inbound"] += 1
+        if (sup := self.audit.allow(now, "clear_inbound_discarded", (sel, why))) is not None:
+            self._audit_packet(now, "clear_inbound_discarded", sup, m, reason=why, sa=str(sel))
         return Verdict.DISCARDED
 
     def inbound_protected(
@@ -1041,10 +1045,9 @@ class PolicyAgent:
                 Direction.IN, m.version, m.dst, m.src, m.proto, m.dport, m.sport, self._dynamic
             )
             if entry.params is not None and entry.params.guarantee_encryption:
-                self.counters.inc("drops.not_encrypted")
-                self.audit.record_limited(
-                    now, "discard", ("ge", spi), m.describe(), reason="guarantee_encryption"
-                )
+                self.counters["drops.not_encrypted"] += 1
+                if (sup := self.audit.allow(now, "discard", ("ge", spi))) is not None:
+                    self._audit_packet(now, "discard", sup, m, reason="guarantee_encryption")
                 return Verdict.DISCARDED
         flow = self._flow((m.version, m.dst, m.src, m.proto, m.dport, m.sport), m, now)
         flow.secure = True

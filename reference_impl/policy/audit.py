@@ -49,20 +49,28 @@ class AuditLog:
         self.total += 1
         return rec
 
-    def record_limited(
-        self, now: float, kind: str, key: object, selectors: str = "", **fields: Any
-    ) -> bool:
-        """Record at most one ``kind`` per ``key`` per second; False if suppressed."""
+    def allow(self, now: float, kind: str, key: object) -> int | None:
+        """Rate limit for per-packet kinds: ``None`` if a ``kind`` record for ``key`` was made
+        less than a second ago (the caller then formats nothing), else the number of records
+        suppressed since the last one. Check this before building the record's fields."""
         k = (kind, key)
         last = self._last.get(k)
         if last is not None and now - last < self.RATE_LIMIT_S:
             self._suppressed[k] = self._suppressed.get(k, 0) + 1
-            return False
+            return None
         if len(self._last) > 4096:
             self._last.clear()
             self._suppressed.clear()
         self._last[k] = now
-        suppressed = self._suppressed.pop(k, 0)
+        return self._suppressed.pop(k, 0)
+
+    def record_limited(
+        self, now: float, kind: str, key: object, selectors: str = "", **fields: Any
+    ) -> bool:
+        """Record at most one ``kind`` per ``key`` per second; False if suppressed."""
+        suppressed = self.allow(now, kind, key)
+        if suppressed is None:
+            return False
         if suppressed:
             fields["suppressed"] = suppressed
         self.record(now, kind, selectors, **fields)
@@ -91,7 +99,7 @@ class Counters(dict[str, int]):
         self[name] = self.get(name, 0) + n
 
     def __missing__(self, key: str) -> int:
-        return 0
+        return 0  # so ``counters[name] += 1`` works on the hot path (no method call)
 
     def icmp(self, icmp_type: int, icmp_code: int) -> int:
         return self[f"icmp_errors.{icmp_type}.{icmp_code}"]

@@ -63,33 +63,42 @@ class PacketMeta(NamedTuple):
         return f"{src} -> {dst} proto {self.proto}"
 
 
+_V4 = struct.Struct("!BxxxxHxBxxII")
+"""Version/IHL, flags+fragment offset, protocol, source, destination (RFC 791 §3.1)."""
+_PORTS = struct.Struct("!HH")
+_U128 = struct.Struct("!QQQQ")
+
+
 def parse_ip_packet(data: bytes) -> PacketMeta | None:
     """Selector fields of a raw IPv4/IPv6 packet, or ``None`` if it is not one."""
-    if not data:
+    n = len(data)
+    if n < 20:
         return None
     version = data[0] >> 4
     if version == 4:
-        if len(data) < 20:
+        vihl, frag, proto, src, dst = _V4.unpack_from(data)
+        ihl = (vihl & 0x0F) * 4
+        if ihl < 20 or n < ihl:
             return None
-        ihl = (data[0] & 0x0F) * 4
-        if ihl < 20 or len(data) < ihl:
-            return None
-        proto = data[9]
-        src = int.from_bytes(data[12:16], "big")
-        dst = int.from_bytes(data[16:20], "big")
-        frag_offset = struct.unpack_from("!H", data, 6)[0] & 0x1FFF
-        if frag_offset:
+        if frag & 0x1FFF:
             return PacketMeta(4, src, dst, proto, OPAQUE, OPAQUE)
+        if proto == 17 or proto == 6 or proto == 132:
+            if n < ihl + 4:
+                return PacketMeta(4, src, dst, proto, OPAQUE, OPAQUE)
+            sport, dport = _PORTS.unpack_from(data, ihl)
+            flags = data[ihl + 13] if proto == 6 and n > ihl + 13 else 0
+            return PacketMeta(4, src, dst, proto, sport, dport, flags)
         return _transport(4, src, dst, proto, data, ihl)
     if version == 6:
-        if len(data) < 40:
+        if n < 40:
             return None
-        src = int.from_bytes(data[8:24], "big")
-        dst = int.from_bytes(data[24:40], "big")
+        s1, s2, d1, d2 = _U128.unpack_from(data, 8)
+        src = (s1 << 64) | s2
+        dst = (d1 << 64) | d2
         nh = data[6]
         off = 40
         while nh in _IPV6_EXT_HEADERS or nh == _IPV6_FRAGMENT:
-            if len(data) < off + 8:
+            if n < off + 8:
                 return None
             if nh == _IPV6_FRAGMENT:
                 frag_offset = struct.unpack_from("!H", data, off + 2)[0] >> 3
@@ -108,7 +117,7 @@ def _transport(version: int, src: int, dst: int, proto: int, data: bytes, off: i
     if proto in PORT_PROTOCOLS:
         if len(data) < off + 4:
             return PacketMeta(version, src, dst, proto, OPAQUE, OPAQUE)
-        sport, dport = struct.unpack_from("!HH", data, off)
+        sport, dport = _PORTS.unpack_from(data, off)
         flags = data[off + 13] if proto == 6 and len(data) > off + 13 else 0
         return PacketMeta(version, src, dst, proto, sport, dport, flags)
     if proto in (1, 58):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from reference_impl.policy.packet import PacketMeta
 from reference_impl.policy.resolved import AuthMethod, IkeSettings, SecurityMethod
@@ -74,9 +74,10 @@ class DeleteChildSa:
 IkeRequest = Acquire | CancelAcquire | DeleteChildSa
 
 
-@dataclass(frozen=True, slots=True)
-class Transmit:
-    """A packet the node must put on the wire now (clear, or already protected)."""
+class Transmit(NamedTuple):
+    """A packet the node must put on the wire now (clear, or already protected).
+
+    A named tuple, not a dataclass: one is made per forwarded packet (hot path)."""
 
     data: bytes
     protected: bool

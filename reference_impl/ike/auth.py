@@ -8,6 +8,7 @@ the AlgorithmIdentifier encodings of RFC 7427 that select them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -285,7 +286,7 @@ def verify_auth(
     prf_alg: PrfAlgorithm,
     peer_id: IdPayload,
     certs: list[CertPayload],
-    at: datetime,
+    clock: Callable[[], datetime],
 ) -> AuthResult:
     """Check the peer's AUTH against what ``remote`` requires (RFC 7296 §2.15)."""
     if auth.method == AuthMethod.SHARED_KEY_MIC:
@@ -310,7 +311,7 @@ def verify_auth(
         if not identity_matches_certificate(peer_id.id_type, peer_id.data, ee):
             return AuthResult(False, "peer identity is not in its certificate")
         try:
-            verify_chain(ee, chain[1:], remote.trust_anchors, at)
+            verify_chain(ee, chain[1:], remote.trust_anchors, clock())
         except CertificateError as exc:
             return AuthResult(False, str(exc))
         keys.append(ee.public_key())

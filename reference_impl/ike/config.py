@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from reference_impl.crypto import DhId, EncrId, EsnId, IntegId, PrfId, TransformType
@@ -200,7 +201,14 @@ class ProposalConfig:
         return out
 
     def to_proposal(self, num: int, spi: bytes = b"", with_dh: bool = True) -> Proposal:
-        return Proposal(num, self.protocol, spi, self.transforms(with_dh))
+        transforms, encoded = _encoded(self, with_dh)
+        return Proposal(num, self.protocol, spi, list(transforms), encoded)
+
+
+@lru_cache(maxsize=256)
+def _encoded(cfg: ProposalConfig, with_dh: bool) -> tuple[tuple[Transform, ...], bytes]:
+    ts = cfg.transforms(with_dh)
+    return tuple(ts), b"".join(t.encode(i == len(ts) - 1) for i, t in enumerate(ts))
 
 
 DEFAULT_IKE_PROPOSALS = (

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Protocol, TypeVar
 
 from reference_impl.crypto import (
@@ -52,6 +53,7 @@ from reference_impl.ike.certs import cert_der, certreq_authorities
 from reference_impl.ike.config import (
     AuthClass,
     ChildConfig,
+    Identity,
     PeerConfig,
     ProposalConfig,
     ServiceSettings,
@@ -149,6 +151,10 @@ class SaContext(Protocol):
     def configs_for(self, local: Address, remote: Address) -> list[PeerConfig]: ...
 
     def initial_contact(self, sa: IkeSa) -> None: ...
+
+    def established(self, sa: IkeSa) -> None: ...
+
+    def sa_closed(self, sa: IkeSa) -> None: ...
 
 
 # --- tasks: locally initiated exchanges -----------------------------------------------------------
@@ -981,6 +987,7 @@ class IkeSa:
 
     def _close(self, reason: str, linger: bool = True) -> None:
         self.state = IkeState.CLOSED
+        self.ctx.sa_closed(self)
         self._closed_reason = reason
         for out in self.outstanding.values():
             out.rt.stop()
@@ -1040,7 +1047,7 @@ class IkeSa:
         my_nonce = self.nonce_i if self.initiator else self.nonce_r
         octets = signed_octets(self.prf, real, my_nonce, sk_p, id_payload)
         res = verify_auth(
-            cfg.remote, cfg.local, auth, octets, self.prf, id_payload, certs, self.ctx.cert_time()
+            cfg.remote, cfg.local, auth, octets, self.prf, id_payload, certs, self.ctx.cert_time
         )
         return None if res.ok else res.reason
 
@@ -1140,6 +1147,7 @@ class IkeSa:
             self.expire_at = now + cfg.rekey_time + cfg.over_time
         local_id = self.local_id
         peer_id = self.peer_id
+        self.ctx.established(self)
         self._event(
             IkeSaEstablished(
                 self.ike_sa_id,
@@ -1178,6 +1186,7 @@ class IkeSa:
                 )
             )
             self.state = IkeState.CLOSED
+            self.ctx.sa_closed(self)
             self.half_open_until = None
             self.linger_until = now + self.settings.half_open_timeout
             return [NotifyPayload(N.AUTHENTICATION_FAILED)]
@@ -1312,50 +1321,49 @@ class IkeSa:
             out_e, out_a, in_e, in_a = keys.encr_i, keys.integ_i, keys.encr_r, keys.integ_r
         else:
             out_e, out_a, in_e, in_a = keys.encr_r, keys.integ_r, keys.encr_i, keys.integ_i
-        lifetime = Lifetime(
-            soft_seconds=cfg.rekey_time,
-            hard_seconds=cfg.life_time,
-            hard_bytes=cfg.lifetime_bytes,
-            soft_bytes=int(cfg.lifetime_bytes * 0.9) if cfg.lifetime_bytes else None,
-            hard_packets=cfg.lifetime_packets,
-            soft_packets=int(cfg.lifetime_packets * 0.9) if cfg.lifetime_packets else None,
-        )
+        lifetime = _lifetime(cfg)
         protocol = IpsecProtocol(sel.protocol)
         natt = self.nat
         peer_port = self.remote[1]
         local_port = self.settings.natt_port if natt else self.local[1]
-        common = dict(
-            protocol=protocol,
-            mode=mode,
-            encr_id=sel.encr_id or None,
-            encr_key_bits=sel.encr_bits,
-            integ_id=sel.integ_id or None,
-            esn=sel.esn,
-            lifetime=lifetime,
-            replay_window=cfg.replay_window,
-        )
+        encr_id = sel.encr_id or None
+        integ_id = sel.integ_id or None
         inbound = ChildSaParams(
-            spi=in_spi,
-            src=self.remote[0],
-            dst=self.local[0],
-            encr_key=in_e,
-            integ_key=in_a,
-            encap=(peer_port, local_port) if natt else None,
-            ts_src=tuple(ts_remote),
-            ts_dst=tuple(ts_local),
-            **common,  # type: ignore[arg-type]
+            in_spi,
+            protocol,
+            mode,
+            self.remote[0],
+            self.local[0],
+            encr_id,
+            sel.encr_bits,
+            in_e,
+            integ_id,
+            in_a,
+            sel.esn,
+            (peer_port, local_port) if natt else None,
+            tuple(ts_remote),
+            tuple(ts_local),
+            lifetime,
+            cfg.replay_window,
         )
         outbound = ChildSaParams(
-            spi=out_spi,
-            src=self.local[0],
-            dst=self.remote[0],
-            encr_key=out_e,
-            integ_key=out_a,
-            encap=(local_port, peer_port) if natt else None,
-            ts_src=tuple(ts_local),
-            ts_dst=tuple(ts_remote),
-            tfc_padding=peer_tfc_ok,
-            **common,  # type: ignore[arg-type]
+            out_spi,
+            protocol,
+            mode,
+            self.local[0],
+            self.remote[0],
+            encr_id,
+            sel.encr_bits,
+            out_e,
+            integ_id,
+            out_a,
+            sel.esn,
+            (local_port, peer_port) if natt else None,
+            tuple(ts_local),
+            tuple(ts_remote),
+            lifetime,
+            cfg.replay_window,
+            peer_tfc_ok,
         )
         pair = ChildSaPair(inbound, outbound, self.ike_sa_id, 2, cfg.name, acquire_id)
         child = ChildSa(
@@ -1805,6 +1813,7 @@ class IkeSa:
             new.rekey_at = now + cfg.rekey_time
             new.expire_at = now + cfg.rekey_time + cfg.over_time
         self.ctx.register(new)
+        self.ctx.established(new)
         return new
 
     def _adopt(self, new: IkeSa, now: float) -> None:
@@ -2197,12 +2206,27 @@ def _xname(ex: int) -> str:
         return str(ex)
 
 
+@lru_cache(maxsize=256)
+def _lifetime(cfg: ChildConfig) -> Lifetime:
+    return Lifetime(
+        soft_seconds=cfg.rekey_time,
+        hard_seconds=cfg.life_time,
+        hard_bytes=cfg.lifetime_bytes,
+        soft_bytes=int(cfg.lifetime_bytes * 0.9) if cfg.lifetime_bytes else None,
+        hard_packets=cfg.lifetime_packets,
+        soft_packets=int(cfg.lifetime_packets * 0.9) if cfg.lifetime_packets else None,
+    )
+
+
 def _id_text(p: IdPayload | None) -> str:
     if p is None:
         return ""
-    from reference_impl.ike.config import Identity
+    return _identity_text(p.id_type, p.data)
 
-    return str(Identity(p.id_type, p.data))
+
+@lru_cache(maxsize=1024)
+def _identity_text(id_type: int, data: bytes) -> str:
+    return str(Identity(id_type, data))
 
 
 def _match_cfg(p: ProposalConfig, sel: Selected) -> bool:

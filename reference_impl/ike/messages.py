@@ -38,9 +38,9 @@ HEADER_LEN = 28
 NON_ESP_MARKER = b"\0\0\0\0"
 """Prefix of IKE messages on the NAT-T port (RFC 3948 §2.2); the I/O layer adds/strips it."""
 
-_I = HeaderFlag.INITIATOR
-_R = HeaderFlag.RESPONSE
-_V = HeaderFlag.VERSION
+_I = int(HeaderFlag.INITIATOR)
+_R = int(HeaderFlag.RESPONSE)
+_V = int(HeaderFlag.VERSION)
 
 P = TypeVar("P", bound=Payload)
 

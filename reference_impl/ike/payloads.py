@@ -88,10 +88,17 @@ class Proposal:
     protocol_id: int
     spi: bytes
     transforms: list[Transform]
+    encoded_transforms: bytes | None = field(default=None, compare=False, repr=False)
+    """The transforms' octets, when the builder already has them (configured proposals are
+    encoded once, not per message)."""
+    raw: bytes = field(default=b"", compare=False, repr=False)
+    """As received: the transform substructures' octets (a key for caching selections)."""
 
     def encode(self, last: bool) -> bytes:
         n = len(self.transforms)
-        body = b"".join(t.encode(i == n - 1) for i, t in enumerate(self.transforms))
+        body = self.encoded_transforms
+        if body is None:
+            body = b"".join(t.encode(i == n - 1) for i, t in enumerate(self.transforms))
         head = _PROPOSAL.pack(
             0 if last else 2,
             0,
@@ -140,6 +147,11 @@ def _decode_attributes(data: bytes, off: int, end: int, t: Transform) -> None:
         t.unknown_attributes = tuple(unknown)
 
 
+_TRANSFORMS: dict[bytes, tuple[int, tuple[Transform, ...]]] = {}
+"""Decoded transform lists by their octets: peers send the same few proposals over and over.
+The Transform objects are shared between decoded messages and must not be modified."""
+
+
 def _decode_sa(data: bytes, off: int, end: int) -> SaPayload:
     proposals: list[Proposal] = []
     last = 2
@@ -160,6 +172,12 @@ def _decode_sa(data: bytes, off: int, end: int) -> SaPayload:
         pend = off + plen
         toff = off + 8 + spi_size
         spi = data[off + 8 : toff]
+        raw = data[toff:pend]
+        cached = _TRANSFORMS.get(raw)
+        if cached is not None and cached[0] == ntrans:
+            proposals.append(Proposal(num, proto, spi, list(cached[1]), None, raw))
+            off = pend
+            continue
         transforms: list[Transform] = []
         tlast = 3
         while toff < pend:
@@ -179,7 +197,10 @@ def _decode_sa(data: bytes, off: int, end: int) -> SaPayload:
             toff += tlen
         if tlast != 0 or len(transforms) != ntrans:
             raise syntax_error("transform count does not match the proposal")
-        proposals.append(Proposal(num, proto, spi, transforms))
+        if len(_TRANSFORMS) > 512:
+            _TRANSFORMS.clear()
+        _TRANSFORMS[raw] = (ntrans, tuple(transforms))
+        proposals.append(Proposal(num, proto, spi, transforms, None, raw))
         off = pend
     if last != 0:
         raise syntax_error("SA payload without a last proposal")
@@ -454,6 +475,8 @@ class TsR(TsPayload):
     payload_type: ClassVar[int] = PayloadType.TSr
 
 
+_SELECTORS: dict[bytes, TrafficSelector] = {}
+"""Decoded selectors by their octets (TrafficSelector is immutable, so sharing is safe)."""
 _V4 = TsType.TS_IPV4_ADDR_RANGE
 _V6 = TsType.TS_IPV6_ADDR_RANGE
 
@@ -474,6 +497,12 @@ def _decode_ts(cls: type[TsPayload]) -> Callable[[bytes, int, int], TsPayload]:
             ts_type, proto, slen, sport, eport = _TS.unpack_from(data, o)
             if slen < 8 or o + slen > end:
                 raise syntax_error("bad traffic selector length")
+            raw = data[o : o + slen]
+            known = _SELECTORS.get(raw)
+            if known is not None:
+                selectors.append(known)
+                o += slen
+                continue
             if ts_type == _V4:
                 if slen != 16:
                     raise syntax_error("TS_IPV4_ADDR_RANGE must be 16 octets")
@@ -492,6 +521,11 @@ def _decode_ts(cls: type[TsPayload]) -> Callable[[bytes, int, int], TsPayload]:
                 selectors.append(TrafficSelector(a, b, proto, sport, eport))
             else:
                 unknown.append((ts_type, data[o + 1 : o + slen]))
+                o += slen
+                continue
+            if len(_SELECTORS) > 1024:
+                _SELECTORS.clear()
+            _SELECTORS[raw] = selectors[-1]
             o += slen
         if o != end:
             raise syntax_error("TS payload length does not match its selectors")
@@ -717,26 +751,28 @@ def encode_chain(payloads: Iterable[Payload], last_next: int = 0) -> tuple[int, 
 
     ``last_next`` is the Next Payload of the last one (0 except for special layouts).
     """
-    items = list(payloads)
+    items = payloads if isinstance(payloads, list) else list(payloads)
     if not items:
         return last_next, b""
+    types = [p.type if p.__class__ is UnknownPayload else p.payload_type for p in items]
+    types.append(last_next)
     parts: list[bytes] = []
+    append = parts.append
     pack = _GENERIC.pack
-    n = len(items)
+    special = _SPECIAL
     for i, p in enumerate(items):
-        nxt = _ptype(items[i + 1]) if i + 1 < n else last_next
-        flags = 0
-        if isinstance(p, EncryptedPayload | EncryptedFragmentPayload):
-            nxt = p.inner_type
-        elif isinstance(p, UnknownPayload) and p.critical:
-            flags = CRITICAL
         body = p.body()
-        parts.append(pack(nxt, flags, 4 + len(body)))
-        parts.append(body)
-    return _ptype(items[0]), b"".join(parts)
+        cls = p.__class__
+        if cls in special:
+            if cls is UnknownPayload:
+                flags = CRITICAL if p.critical else 0
+                append(pack(types[i + 1], flags, 4 + len(body)))
+            else:
+                append(pack(p.inner_type, 0, 4 + len(body)))
+        else:
+            append(pack(types[i + 1], 0, 4 + len(body)))
+        append(body)
+    return types[0], b"".join(parts)
 
 
-def _ptype(p: Payload) -> int:
-    if type(p) is UnknownPayload:
-        return p.type
-    return p.payload_type
+_SPECIAL = frozenset((EncryptedPayload, EncryptedFragmentPayload, UnknownPayload))

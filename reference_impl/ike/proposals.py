@@ -6,7 +6,8 @@ that the answer is a subset of something it offered. Selectors are intersected r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 from reference_impl.crypto import TransformType
 from reference_impl.ike.config import ProposalConfig, is_aead
@@ -21,9 +22,9 @@ _ESN = TransformType.ESN
 _TYPES = (_ENCR, _PRF, _INTEG, _DH, _ESN)
 
 
-@dataclass(frozen=True, slots=True)
-class Selected:
-    """The negotiated transforms of one SA (0 = none for INTEG/PRF/DH)."""
+class Selected(NamedTuple):
+    """The negotiated transforms of one SA (0 = none for INTEG/PRF/DH). A named tuple: it is
+    made for every negotiation, and tuples are the cheapest immutable records."""
 
     num: int
     protocol: int
@@ -46,26 +47,50 @@ class Selected:
             ts.append(Transform(_DH, self.dh_id))
         if self.protocol != 1:
             ts.append(Transform(_ESN, int(self.esn)))
-        return Proposal(self.num, self.protocol, self.spi if spi is None else spi, ts)
+        n = len(ts)
+        encoded = b"".join(t.encode(i == n - 1) for i, t in enumerate(ts))
+        return Proposal(self.num, self.protocol, self.spi if spi is None else spi, ts, encoded)
 
     def name(self) -> str:
         """strongSwan-like: ``AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519``."""
-        from reference_impl.crypto import dh, encr, integ, prf
+        return _suite_name(
+            self.protocol,
+            self.encr_id,
+            self.encr_bits,
+            self.integ_id,
+            self.prf_id,
+            self.dh_id,
+            self.esn,
+        )
 
-        parts = []
-        try:
-            parts.append(encr(self.encr_id, self.encr_bits).name)
-            if self.integ_id:
-                parts.append(integ(self.integ_id).name)
-            if self.prf_id:
-                parts.append(prf(self.prf_id).name)
-            if self.dh_id:
-                parts.append(dh(self.dh_id).name)
-        except Exception:
-            return f"{self.encr_id}/{self.integ_id}/{self.prf_id}/{self.dh_id}"
-        if self.protocol != 1:
-            parts.append("EXT_SEQ" if self.esn else "NO_EXT_SEQ")
-        return "/".join(parts)
+
+@lru_cache(maxsize=256)
+def _suite_name(
+    protocol: int,
+    encr_id: int,
+    encr_bits: int | None,
+    integ_id: int,
+    prf_id: int,
+    dh_id: int,
+    esn: bool,
+) -> str:
+    from reference_impl.crypto import dh, encr, integ, prf
+
+    parts = []
+    try:
+        if encr_id:
+            parts.append(encr(encr_id, encr_bits).name)
+        if integ_id:
+            parts.append(integ(integ_id).name)
+        if prf_id:
+            parts.append(prf(prf_id).name)
+        if dh_id:
+            parts.append(dh(dh_id).name)
+    except Exception:
+        return f"{encr_id}/{integ_id}/{prf_id}/{dh_id}"
+    if protocol != 1:
+        parts.append("EXT_SEQ" if esn else "NO_EXT_SEQ")
+    return "/".join(parts)
 
 
 def _offered(p: Proposal) -> dict[int, list[Transform]]:
@@ -141,6 +166,11 @@ def _match(
     )
 
 
+_SELECT_CACHE: dict[
+    tuple[object, ...], tuple[tuple[ProposalConfig, ...], int, Selected | None]
+] = {}
+
+
 def select(
     configs: tuple[ProposalConfig, ...] | list[ProposalConfig],
     offered: list[Proposal],
@@ -152,7 +182,53 @@ def select(
     preference (``prefer_local``, strongSwan's default) or by the peer's.
 
     ``ignore_dh``: the SA of IKE_AUTH, which has no key exchange (§1.2).
+
+    The choice depends only on our configuration and the offered transforms (not on SPIs),
+    so offers we decoded (they carry their raw octets) are answered from a cache.
     """
+    key: tuple[object, ...] | None = None
+    if offered and all(p.raw for p in offered):
+        key = (
+            tuple(map(id, configs)),
+            ignore_dh,
+            prefer_local,
+            *[(p.num, p.protocol_id, p.raw) for p in offered],
+        )
+        hit = _SELECT_CACHE.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], configs, strict=True)):
+            t = hit[2]
+            if t is None:
+                return None
+            return Selected(
+                t.num,
+                t.protocol,
+                offered[hit[1]].spi,
+                t.encr_id,
+                t.encr_bits,
+                t.integ_id,
+                t.prf_id,
+                t.dh_id,
+                t.esn,
+            )
+    result = _select(configs, offered, ignore_dh, prefer_local)
+    if key is not None:
+        if len(_SELECT_CACHE) > 256:
+            _SELECT_CACHE.clear()
+        index = 0
+        if result is not None:
+            index = next(
+                i for i, p in enumerate(offered) if p.num == result.num and p.spi == result.spi
+            )
+        _SELECT_CACHE[key] = (tuple(configs), index, result)
+    return result
+
+
+def _select(
+    configs: tuple[ProposalConfig, ...] | list[ProposalConfig],
+    offered: list[Proposal],
+    ignore_dh: bool,
+    prefer_local: bool,
+) -> Selected | None:
     if prefer_local:
         for cfg in configs:
             for p in offered:
@@ -168,6 +244,9 @@ def select(
     return None
 
 
+_CHECK_CACHE: dict[tuple[object, ...], Selected | None] = {}
+
+
 def check_answer(
     offered: list[Proposal], answer: list[Proposal], *, ignore_dh: bool = False
 ) -> Selected | None:
@@ -176,6 +255,39 @@ def check_answer(
     if len(answer) != 1:
         return None
     a = answer[0]
+    key: tuple[object, ...] | None = None
+    if a.raw and all(p.encoded_transforms for p in offered):
+        key = (
+            ignore_dh,
+            a.num,
+            a.protocol_id,
+            a.raw,
+            *[(p.num, p.protocol_id, p.encoded_transforms) for p in offered],
+        )
+        if key in _CHECK_CACHE:
+            t = _CHECK_CACHE[key]
+            if t is None:
+                return None
+            return Selected(
+                t.num,
+                t.protocol,
+                a.spi,
+                t.encr_id,
+                t.encr_bits,
+                t.integ_id,
+                t.prf_id,
+                t.dh_id,
+                t.esn,
+            )
+    result = _check_answer(offered, a, ignore_dh)
+    if key is not None:
+        if len(_CHECK_CACHE) > 256:
+            _CHECK_CACHE.clear()
+        _CHECK_CACHE[key] = result
+    return result
+
+
+def _check_answer(offered: list[Proposal], a: Proposal, ignore_dh: bool) -> Selected | None:
     ours = next((p for p in offered if p.num == a.num and p.protocol_id == a.protocol_id), None)
     if ours is None:
         return None
@@ -220,6 +332,8 @@ def check_answer(
 
 def intersect(a: TrafficSelector, b: TrafficSelector) -> TrafficSelector | None:
     """The selector covering what both ``a`` and ``b`` cover, or ``None``."""
+    if a == b:
+        return a
     if a.start_addr.version != b.start_addr.version:
         return None
     if a.ip_protocol and b.ip_protocol and a.ip_protocol != b.ip_protocol:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import cast
 
 from reference_impl.crypto import (
     AeadCipher,
@@ -109,13 +110,10 @@ class SkProtection:
 
     def _seal(self, head: bytes, plaintext: bytes) -> bytes:
         iv = self._iv()
-        cipher = self._out_cipher
         if self._aead:
-            assert isinstance(cipher, AeadCipher)
-            return head + iv + cipher.seal(iv, plaintext, head)
-        assert isinstance(cipher, BlockCipher) and self._out_mac is not None
-        body = head + iv + cipher.encrypt(iv, plaintext)
-        return body + self._out_mac.compute(body)
+            return head + iv + cast(AeadCipher, self._out_cipher).seal(iv, plaintext, head)
+        body = head + iv + cast(BlockCipher, self._out_cipher).encrypt(iv, plaintext)
+        return body + cast(Mac, self._out_mac).compute(body)
 
     def seal(self, msg: Message, inner_type: int, inner: bytes) -> bytes:
         """A whole datagram: ``msg``'s header and one SK payload around ``inner``."""
@@ -180,19 +178,17 @@ class SkProtection:
         if len(body) < iv_len + icv_len + 1:
             raise RemoteProtocolError("Encrypted payload shorter than its IV and ICV")
         iv = body[:iv_len]
-        cipher = self._in_cipher
         if self._aead:
-            assert isinstance(cipher, AeadCipher)
             aad = datagram[: len(datagram) - len(body)]
             try:
-                plaintext = cipher.open(iv, body[iv_len:], aad)
+                plaintext = cast(AeadCipher, self._in_cipher).open(iv, body[iv_len:], aad)
             except IntegrityError:
                 raise RemoteProtocolError(
                     "integrity check of the Encrypted payload failed"
                 ) from None
         else:
-            assert isinstance(cipher, BlockCipher) and self._in_mac is not None
-            if not self._in_mac.verify(datagram[:-icv_len], datagram[-icv_len:]):
+            cipher = cast(BlockCipher, self._in_cipher)
+            if not cast(Mac, self._in_mac).verify(datagram[:-icv_len], datagram[-icv_len:]):
                 raise RemoteProtocolError("integrity check of the Encrypted payload failed")
             ct = body[iv_len:-icv_len]
             if len(ct) % self._block:

@@ -27,7 +27,14 @@ from reference_impl.events import Event
 from reference_impl.ike.config import ChildConfig, PeerConfig, ServiceSettings
 from reference_impl.ike.enums import ExchangeType, NotifyType
 from reference_impl.ike.ike_sa import ZERO_SPI, IkeSa
-from reference_impl.ike.messages import Message, decode_header, decode_message, encode_message
+from reference_impl.ike.messages import (
+    HEADER,
+    HEADER_LEN,
+    Message,
+    decode_header,
+    decode_message,
+    encode_message,
+)
 from reference_impl.ike.payloads import NoncePayload, NotifyPayload
 from reference_impl.ike.types import Datagram, IkeState
 from reference_impl.sa import Address, TrafficSelector
@@ -46,6 +53,8 @@ class IkeService:
         self.stats: dict[str, int] = {}
         self._sas: dict[bytes, IkeSa] = {}
         self._by_init: dict[tuple[bytes, Address], IkeSa] = {}
+        self._half_open: set[IkeSa] = set()
+        self._by_peer_id: dict[tuple[int, bytes, str], list[IkeSa]] = {}
         self._child_spis: set[int] = set()
         self._heap: list[tuple[float, int, IkeSa]] = []
         self._heap_seq = 0
@@ -88,6 +97,7 @@ class IkeService:
         for c in sa.children:
             self._child_spis.discard(c.inbound_spi)
         self._timer_of.pop(id(sa), None)
+        self.sa_closed(sa)
 
     def cert_time(self) -> datetime:
         clock = self.settings.cert_clock
@@ -112,17 +122,18 @@ class IkeService:
             out.append(c)
         return out
 
+    def established(self, sa: IkeSa) -> None:
+        """An IKE SA authenticated its peer: index it by the peer's identity."""
+        self._half_open.discard(sa)
+        if sa.peer_id is not None and sa.config is not None:
+            self._by_peer_id.setdefault(_peer_key(sa), []).append(sa)
+
     def initial_contact(self, sa: IkeSa) -> None:
         """RFC 7296 §2.4: INITIAL_CONTACT from a peer identity makes its older SAs stale."""
-        if sa.peer_id is None:
+        if sa.peer_id is None or sa.config is None:
             return
-        for other in list(self._sas.values()):
-            if (
-                other is not sa
-                and other.state == IkeState.ESTABLISHED
-                and other.peer_id == sa.peer_id
-                and other.config is sa.config
-            ):
+        for other in list(self._by_peer_id.get(_peer_key(sa), ())):
+            if other is not sa and other.state == IkeState.ESTABLISHED:
                 other.drop_silently()
                 self._dirty.append(other)
 
@@ -191,17 +202,22 @@ class IkeService:
         """One IKE datagram from ``addr`` (without the non-ESP marker) received on ``local``."""
         if local is None:
             local = (self.settings.local_address, self.settings.ike_port)
-        try:
-            h = decode_header(data)
-        except RemoteProtocolError as exc:
+        if len(data) < HEADER_LEN:
             self._count("malformed_dropped")
-            if exc.notify == NotifyType.INVALID_MAJOR_VERSION and len(data) >= 28:
-                self._answer_version(data, addr, local)
             return
-        if h.exchange_type == _IKE_SA_INIT and not h.response:
-            self._init_request(data, h.spi_i, h.spi_r, addr, local, now)
+        spi_i, spi_r, _, version, exchange, flags, _, length = HEADER.unpack_from(data)
+        if version >> 4 != 2 or length != len(data):
+            try:
+                decode_header(data)
+            except RemoteProtocolError as exc:
+                self._count("malformed_dropped")
+                if exc.notify == NotifyType.INVALID_MAJOR_VERSION:
+                    self._answer_version(data, addr, local)
             return
-        local_spi = h.spi_r if h.initiator else h.spi_i
+        if exchange == _IKE_SA_INIT and not flags & 0x20:
+            self._init_request(data, spi_i, spi_r, addr, local, now)
+            return
+        local_spi = spi_r if flags & 0x08 else spi_i
         sa = self._sas.get(local_spi)
         if sa is None:
             self._count("unknown_spi_dropped")
@@ -236,7 +252,18 @@ class IkeService:
 
     @property
     def half_open(self) -> int:
-        return sum(1 for sa in self._by_init.values() if sa.state == IkeState.HALF_OPEN)
+        """Responder IKE SAs between IKE_SA_INIT and IKE_AUTH (RFC 7296 §2.6)."""
+        return len(self._half_open)
+
+    def sa_closed(self, sa: IkeSa) -> None:
+        """The SA left service (it may linger to answer retransmissions)."""
+        self._half_open.discard(sa)
+        if sa.peer_id is not None and sa.config is not None:
+            peers = self._by_peer_id.get(_peer_key(sa))
+            if peers is not None and sa in peers:
+                peers.remove(sa)
+                if not peers:
+                    del self._by_peer_id[_peer_key(sa)]
 
     def _cookie(self, version: int, secret: bytes, ni: bytes, ip: str, spi_i: bytes) -> bytes:
         """RFC 7296 §2.6: <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>)."""
@@ -347,6 +374,7 @@ class IkeService:
         sa = IkeSa.respond_init(self, configs, msg, data, addr, local, now)
         if sa is not None:
             self._by_init[(spi_i, addr)] = sa
+            self._half_open.add(sa)
             self._dirty.append(sa)
         self._flush_dirty()
 
@@ -500,6 +528,11 @@ class IkeService:
                 self._flush_dirty()
                 return True
         return False
+
+
+def _peer_key(sa: IkeSa) -> tuple[int, bytes, str]:
+    assert sa.peer_id is not None and sa.config is not None
+    return (sa.peer_id.id_type, sa.peer_id.data, sa.config.name)
 
 
 def _in_net(ip: str, spec: str) -> bool:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import lru_cache
+from hashlib import sha1
+from typing import NamedTuple
 
-from reference_impl.crypto import PrfId, prf
 from reference_impl.ike.config import ChildConfig
 from reference_impl.ike.proposals import Selected
 from reference_impl.sa import Address, ChildSaPair, IpsecProtocol, Mode, TrafficSelector
 
 
-@dataclass(frozen=True, slots=True)
-class Datagram:
+class Datagram(NamedTuple):
     """One UDP datagram for the I/O layer to send.
 
     ``src`` is the local (address, port) to send from: the port says which socket (IKE or
@@ -77,7 +78,15 @@ class ChildSa:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+@lru_cache(maxsize=1024)
+def _packed(ip: str) -> bytes:
+    return ipaddress.ip_address(ip).packed
+
+
 def natd_hash(spi_i: bytes, spi_r: bytes, address: Address) -> bytes:
-    """SHA-1(SPIi | SPIr | IP | Port), the NAT detection hash (RFC 7296 §2.23)."""
-    ip = ipaddress.ip_address(address[0]).packed
-    return prf(PrfId.PRF_HMAC_SHA1).hash(spi_i + spi_r + ip + address[1].to_bytes(2, "big"))
+    """SHA-1(SPIi | SPIr | IP | Port), the NAT detection hash (RFC 7296 §2.23).
+
+    A public, keyless hash of public values (no secret goes in), so the standard library's
+    SHA-1 is used directly rather than a prepared registry object.
+    """
+    return sha1(spi_i + spi_r + _packed(address[0]) + address[1].to_bytes(2, "big")).digest()

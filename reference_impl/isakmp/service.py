@@ -1718,8 +1718,10 @@ class IsakmpService:
             self._responder_new(msg, addr, now, local_port, local_addr)
             return
         if data == sa.last_rcvd:
-            # a retransmission of the message we last answered: answer again
-            if sa.last_sent and not (sa.initiator and sa.state == Phase1State.MM_I3):
+            # A repeat of the message we last answered: answer again. The initiator only does
+            # so for AM2 (its AM3 is final and never answered); in Main Mode it retransmits on
+            # its own schedule, and answering repeats there could ping-pong forever.
+            if sa.last_sent and (not sa.initiator or (sa.aggressive and sa.established)):
                 self._out.append(self._dgram(sa, sa.last_sent))
             return
         if not sa.peer_replied and sa.initiator:

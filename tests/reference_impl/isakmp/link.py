@@ -70,6 +70,8 @@ class Link:
     sent: list[tuple[float, str, Datagram]] = field(default_factory=list)
     events_a: list[Event] = field(default_factory=list)
     events_b: list[Event] = field(default_factory=list)
+    duplicate: bool = False
+    """Deliver every datagram twice (libreswan's ``jacob-two-two`` impairment)."""
     nat: tuple[str, dict[int, int]] | None = None
     """A NAPT in front of A: its public address and the port mapping of A's ports."""
 
@@ -117,7 +119,8 @@ class Link:
                     continue
                 assert d.marker == (d.src[1] == 4500)
                 dst_addr = B_ADDR if side == "a" else A_ADDR
-                dst.receive_datagram(data, (src_addr, sport), self.now, local=(dst_addr, dport))
+                for _ in range(2 if self.duplicate else 1):
+                    dst.receive_datagram(data, (src_addr, sport), self.now, local=(dst_addr, dport))
         return moved
 
     def of(self, side: str, cls: type) -> list:  # type: ignore[type-arg]

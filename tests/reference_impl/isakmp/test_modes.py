@@ -269,3 +269,58 @@ def test_second_child_initiated_by_phase1_responder(initiator: str) -> None:
     names_a = sorted(e.pair.name for e in link.of("a", ChildSaEstablished))
     names_b = sorted(e.pair.name for e in link.of("b", ChildSaEstablished))
     assert names_a == names_b == ["c", "d"]
+
+
+@pytest.mark.parametrize("aggressive", [False, True])
+@pytest.mark.parametrize("initiator", ["a", "b"])
+def test_every_datagram_twice(aggressive: bool, initiator: str) -> None:
+    """Duplicates are answered at most once per copy and never ping-pong (jacob-two-two)."""
+    link = make_link(conn_pair(aggressive=aggressive, dpd_delay=None), allow_aggressive_psk=True)
+    link.duplicate = True
+    (link.a if initiator == "a" else link.b).initiate("t", 0.0)
+    link.pump(until=30)
+    _ok(link)
+    assert len(link.sent) <= 20
+
+
+def test_main_mode_6_twice_does_not_ping_pong() -> None:
+    """MM6 is delayed past MM5's retransmission, so two MM6 arrive: the initiator must not
+    answer the second (it is the final message), or MM5/MM6 would bounce for ever."""
+    from tests.reference_impl.isakmp.link import A_ADDR, B_ADDR
+
+    link = make_link(conn_pair(dpd_delay=None))
+    a, b = link.a, link.b
+    a.initiate("t", 0.0, child=None)
+    la, lb = (A_ADDR, 500), (B_ADDR, 500)
+
+    def a_to_b(now: float) -> int:
+        out = a.datagrams_to_send(now)
+        for d in out:
+            b.receive_datagram(d.data, (A_ADDR, d.src[1]), now, local=(B_ADDR, d.dst[1]))
+        return len(out)
+
+    def b_out(now: float) -> list[bytes]:
+        return [d.data for d in b.datagrams_to_send(now)]
+
+    def to_a(datas: list[bytes], now: float) -> None:
+        for x in datas:
+            a.receive_datagram(x, lb, now, local=la)
+
+    for _ in range(2):  # MM1/MM2, MM3/MM4
+        a_to_b(0.0)
+        to_a(b_out(0.0), 0.0)
+    a_to_b(0.0)  # MM5
+    mm6 = b_out(0.0)
+    assert len(mm6) == 1
+    a.handle_timer(0.5)  # MM5 retransmitted
+    assert a_to_b(0.5) == 1
+    mm6_again = b_out(0.5)
+    assert mm6_again == mm6
+    to_a(mm6 + mm6_again, 0.6)
+    sent_after = [
+        d for d in a.datagrams_to_send(0.6) if d.data[18] == ExchangeType.IDENTITY_PROTECTION
+    ]
+    assert sent_after == []  # no MM5 in answer to the duplicate MM6
+    while (e := a.next_event()) is not None:
+        link.events_a.append(e)
+    assert len(link.of("a", IkeSaEstablished)) == 1

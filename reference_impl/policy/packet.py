@@ -63,7 +63,7 @@ class PacketMeta(NamedTuple):
         return f"{src} -> {dst} proto {self.proto}"
 
 
-_V4 = struct.Struct("!BxxxxHxBxxII")
+_V4 = struct.Struct("!BxxxxxHxBxxII")
 """Version/IHL, flags+fragment offset, protocol, source, destination (RFC 791 §3.1)."""
 _PORTS = struct.Struct("!HH")
 _U128 = struct.Struct("!QQQQ")

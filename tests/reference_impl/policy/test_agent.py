@@ -433,6 +433,21 @@ def test_parse_ipv4_udp_tcp_icmp_and_fragments() -> None:
     assert parse_ip_packet(b"") is None and parse_ip_packet(b"\x45" + bytes(5)) is None
 
 
+def test_parse_ipv4_header_fields_at_their_rfc791_offsets() -> None:
+    # RFC 791 §3.1: TOS 0xb8, total length 32, identification 0xabcd, DF set (not a
+    # fragment), TTL 1, protocol 17, checksum 0xffff: every byte around the fields we read
+    # is non-zero, so a wrong offset shows.
+    hdr = bytes.fromhex("45b80020abcd40000111ffff0a0100010a01000a")
+    udp_hdr = bytes.fromhex("9c400fa0000c0000") + b"ping"
+    m = parse_ip_packet(hdr + udp_hdr)
+    assert m == PacketMeta.make(I, R, 17, 40000, 4000)
+    more_frags = hdr[:6] + bytes.fromhex("2000") + hdr[8:]  # MF set, offset 0: first fragment
+    assert parse_ip_packet(more_frags + udp_hdr) == m
+    later = hdr[:6] + bytes.fromhex("0005") + hdr[8:]  # offset 5: no transport header
+    got = parse_ip_packet(later + udp_hdr)
+    assert got is not None and got.sport == OPAQUE and got.proto == 17
+
+
 def test_parse_ipv6_with_extension_header() -> None:
     src = bytes.fromhex("20010db8000000000000000000000001")
     dst = bytes.fromhex("20010db8000000000000000000000002")

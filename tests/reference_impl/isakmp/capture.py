@@ -29,6 +29,8 @@ class Datagram:
     dst: str
     dport: int
     payload: bytes
+    ip: bytes
+    """The whole IPv4 datagram (what a raw socket delivers)."""
 
 
 def read_pcap(path: Path = PCAP) -> list[Datagram]:
@@ -49,7 +51,12 @@ def read_pcap(path: Path = PCAP) -> list[Datagram]:
         dst = ".".join(str(b) for b in ip[16:20])
         udp = ip[ihl:]
         sport, dport, ulen = struct.unpack_from("!HHH", udp, 0)
-        out.append(Datagram(sec + usec / 1e6, src, sport, dst, dport, bytes(udp[8:ulen])))
+        total = struct.unpack_from("!H", ip, 2)[0]
+        out.append(
+            Datagram(
+                sec + usec / 1e6, src, sport, dst, dport, bytes(udp[8:ulen]), bytes(ip[:total])
+            )
+        )
     return out
 
 

@@ -324,3 +324,49 @@ def test_main_mode_6_twice_does_not_ping_pong() -> None:
     while (e := a.next_event()) is not None:
         link.events_a.append(e)
     assert len(link.of("a", IkeSaEstablished)) == 1
+
+
+def _ipv4_udp(src: str, dst: str, payload: bytes) -> bytes:
+    import ipaddress
+    import struct
+
+    total = 20 + 8 + len(payload)
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, 1, 0, 64, 17, 0,
+        ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed,
+    )  # fmt: skip
+    s = sum(struct.unpack("!10H", hdr))
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    hdr = hdr[:10] + struct.pack("!H", ~s & 0xFFFF) + hdr[12:]
+    return hdr + struct.pack("!HHHH", 1234, 5678, 8 + len(payload), 0) + payload
+
+
+@pytest.mark.parametrize("force_encap", [False, True])
+@pytest.mark.parametrize("transform", ["cbc", "gcm"])
+def test_negotiated_pairs_carry_traffic_in_the_driver(force_encap: bool, transform: str) -> None:
+    """The pairs both services hand over install in the driver and carry packets both ways
+    (ESP in UDP when a NAT is seen)."""
+    from reference_impl.driver import Sad, Verdict
+
+    kw = {"transforms": (ESP_GCM,)} if transform == "gcm" else {}
+    a, b = conn_pair(
+        force_encap=force_encap,
+        child_a=child(**kw),
+        child_b=child("c", "10.2.0.0/24", "10.1.0.0/24", **kw),
+    )
+    link = make_link((a, b))
+    link.a.initiate("t", 0.0)
+    link.pump(until=5)
+    ca, cb = _ok(link)
+    sad_a, sad_b = Sad(), Sad()
+    _, out_a = sad_a.install_pair(ca.pair, 0.0)
+    _, out_b = sad_b.install_pair(cb.pair, 0.0)
+    for out, sad_rx, src, dst in ((out_a, sad_b, "10.1.0.5", "10.2.0.7"),
+                                  (out_b, sad_a, "10.2.0.7", "10.1.0.5")):  # fmt: skip
+        pkt = _ipv4_udp(src, dst, b"hello through IKEv1 keys")
+        verdict, wire = out.protect(pkt, 1.0)
+        assert verdict == Verdict.DELIVERED
+        assert (wire[9] == 17) == force_encap  # UDP-encapsulated ESP or raw ESP (50)
+        v2, inner, _ = sad_rx.unprotect(wire, 1.0)
+        assert v2 == Verdict.DELIVERED and inner == pkt

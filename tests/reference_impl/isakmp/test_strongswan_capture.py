@@ -266,3 +266,59 @@ def test_esp_packets_decrypt_with_our_keymat(
         assert ip[9] == 1  # ICMP
         src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
         assert {src, dst} == {"10.1.0.1", "10.2.0.1"}
+
+
+def test_esp_through_the_driver(keys: dict[str, bytes], ike: list[tuple[bytes, Message]]) -> None:
+    """The driver (reference_impl.driver) unprotects the capture's ESP-in-UDP packets with SAs
+    described the way the IKEv1 service hands them over (ChildSaParams, IKEv2 transform IDs,
+    UDP encapsulation 4500/4500, tunnel mode, selectors from the QM IDs)."""
+    from reference_impl.crypto.ids import IntegId
+    from reference_impl.driver import Sad, Verdict
+    from reference_impl.sa import ChildSaParams, IpsecProtocol, Mode
+
+    c = _cipher(kdf1.ikev1_encryption_key(PRF, keys["e"], 32))
+    qm1, qm2 = ike[6][1], ike[7][1]
+    iv = kdf1.ikev1_phase2_iv(PRF, ike[5][1].ciphertext[-16:], qm1.header.message_id, 16)
+    p1 = decode_payloads(qm1.header.next_payload, c.decrypt(iv, qm1.ciphertext), padded=True)
+    p2 = decode_payloads(
+        qm2.header.next_payload, c.decrypt(qm1.ciphertext[-16:], qm2.ciphertext), padded=True
+    )
+    ni = next(p for p in p1 if isinstance(p, NoncePayload)).data
+    nr = next(p for p in p2 if isinstance(p, NoncePayload)).data
+    sa1, sa2 = p1[1], p2[1]
+    assert isinstance(sa1, SaPayload) and isinstance(sa2, SaPayload)
+    ts_i, ts_r = (selector_from_id(p) for p in p1 if isinstance(p, IdPayload))
+    sad = {"10.99.0.1": Sad(), "10.99.0.2": Sad()}
+    # the SPI a side chose is its inbound SPI: initiator's in QM1, responder's in QM2
+    for spi, owner, peer, ts_src, ts_dst in (
+        (sa1.proposals[0].spi, "10.99.0.1", "10.99.0.2", ts_r, ts_i),
+        (sa2.proposals[0].spi, "10.99.0.2", "10.99.0.1", ts_i, ts_r),
+    ):
+        km = kdf1.ikev1_quick_keymat(PRF, keys["d"], 3, spi, ni, nr, 48)
+        params = ChildSaParams(
+            spi=int.from_bytes(spi, "big"),
+            protocol=IpsecProtocol.ESP,
+            mode=Mode.TUNNEL,
+            src=peer,
+            dst=owner,
+            encr_id=EncrId.ENCR_AES_CBC,
+            encr_key_bits=128,
+            encr_key=km[:16],
+            integ_id=IntegId.AUTH_HMAC_SHA2_256_128,
+            integ_key=km[16:],
+            encap=(4500, 4500),
+            ts_src=(ts_src,),
+            ts_dst=(ts_dst,),
+        )
+        sad[owner].install(params, inbound=True, now=0.0)
+    esp = [d for d in read_pcap() if d.dport == 4500 and d.payload[:4] != bytes(4)]
+    assert len(esp) == 4
+    for d in esp:
+        r = sad[d.dst].unprotect(d.ip, 0.0)
+        assert r[0] == Verdict.DELIVERED, r[0]
+        inner = r[1]
+        assert inner[9] == 1  # ICMP echo inside
+        assert {bytes(inner[12:16]), bytes(inner[16:20])} == {
+            bytes([10, 1, 0, 1]),
+            bytes([10, 2, 0, 1]),
+        }

@@ -526,3 +526,56 @@ def test_status_snapshot_is_json_ready() -> None:
     assert status["policy"] == "fallback-test"
     (m,) = status["machines"]  # type: ignore[misc]
     assert m["state"] == "ACQUIRING" and m["held"] == 1
+
+
+# ------------------------------------------------------------------------------- E7 details
+
+
+def _icmp_world(**request: object) -> tuple[World, bytes]:
+    knobs = PolicyKnobs(request={"fallback": {"icmp_fast_fallback": True}, **request})
+    w = World(policy_text(knobs))
+    w.set_path(REQ, "filtered")
+    w.at(0.0, lambda: w.probe(REQ))
+    w.run_until(0.0)
+    (att,) = w.ike.attempts.values()
+    return w, att.spi
+
+
+def test_icmp_hint_needs_port_unreachable_and_our_ports() -> None:
+    from reference_impl.policy import IcmpHint
+
+    w, spi = _icmp_world()
+    host_unreach = IcmpHint((REQ, 500), 500, 3, 1, spi + bytes(20))
+    wrong_port = IcmpHint((REQ, 4500), 500, 3, 3, spi + bytes(20))
+    wrong_peer = IcmpHint(("10.1.0.51", 500), 500, 3, 3, spi + bytes(20))
+    for hint in (host_unreach, wrong_port, wrong_peer):
+        w.agent.handle_icmp_error(hint, 0.1)
+    assert w.agent.state_for(I, REQ) is SaState.ACQUIRING
+    assert w.agent.counters.icmp(3, 1) == 1 and w.agent.counters.icmp(3, 3) == 2
+    w.agent.handle_icmp_error(IcmpHint((REQ, 500), 500, 3, 3, spi + bytes(20)), 0.2)
+    assert w.agent.state_for(I, REQ) is SaState.SOFT
+    (fb,) = w.agent.audit.of_kind("fallback")
+    assert fb.get("reason") == "icmp_hint" and fb.time == 0.2
+
+
+def test_icmp_hint_after_a_reply_is_ignored() -> None:
+    from reference_impl.events import PeerReplied
+    from reference_impl.policy import IcmpHint
+
+    w, spi = _icmp_world()
+    (acq,) = w.ike.acquires
+    w.agent.handle_event(PeerReplied(spi + bytes(8), (REQ, 500), acq.acquire_id), 0.05)
+    assert w.agent.state_for(I, REQ) is SaState.NEGOTIATING
+    w.agent.handle_icmp_error(IcmpHint((REQ, 500), 500, 3, 3, spi + bytes(20)), 0.1)
+    assert w.agent.state_for(I, REQ) is SaState.NEGOTIATING  # E4 ruled fallback out
+    w.agent.handle_timer(10.0)
+    assert w.agent.state_for(I, REQ) is SaState.NEGOTIATING  # and the 3 s timer is gone
+
+
+def test_icmp_hint_on_port_4500_skips_the_non_esp_marker() -> None:
+    from reference_impl.policy import IcmpHint
+
+    hint = IcmpHint(("192.0.2.9", 4500), 4500, 3, 3, bytes(4) + b"ABCDEFGH" + bytes(20))
+    assert hint.initiator_spi == b"ABCDEFGH"
+    assert IcmpHint(("192.0.2.9", 500), 500, 3, 3, b"short").initiator_spi == b""
+    assert IcmpHint(("2001:db8::9", 500), 500, 1, 4, b"").port_unreachable

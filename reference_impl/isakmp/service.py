@@ -30,6 +30,7 @@ the non-ESP marker (RFC 3948 §2.2) and strips it from what it hands in.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import struct
@@ -56,6 +57,7 @@ from reference_impl.events import (
 from reference_impl.isakmp import auth as authn
 from reference_impl.isakmp.codec import (
     AnyPayload,
+    Attribute,
     CertPayload,
     CrPayload,
     DeletePayload,
@@ -71,6 +73,7 @@ from reference_impl.isakmp.codec import (
     SaPayload,
     SigPayload,
     VendorIdPayload,
+    decode_attributes,
     decode_message,
     decode_payloads,
     encode_message,
@@ -82,6 +85,8 @@ from reference_impl.isakmp.constants import (
     CertEncoding,
     ExchangeType,
     Flags,
+    IpsecAttr,
+    LifeType,
     NotifyType,
     PayloadType,
     ProtocolId,
@@ -1027,8 +1032,8 @@ class IsakmpService:
             sa.keepalive_at = now + self.settings.natt_keepalive
         life = lifetime_min(sa.chosen.life_seconds, sa.conn.life_seconds) or sa.conn.life_seconds
         sa.expire_at = now + life
-        if sa.initiator and sa.conn.rekey_margin < life:
-            sa.rekey_at = now + life - sa.conn.rekey_margin
+        if sa.initiator:
+            sa.rekey_at = now + life - _margin(sa.conn.rekey_margin, life)
         self._emit(
             IkeSaEstablished(
                 ike_sa_id=sa.ike_sa_id,
@@ -1151,6 +1156,28 @@ class IsakmpService:
             q.retx = Retransmitter(self.settings.retransmit)
             q.retx.start((data,), now)
 
+    def _responder_lifetime(
+        self, cfg: ChildConfig, choice: Phase2Choice, protocol_id: int, spi: bytes
+    ) -> list[AnyPayload]:
+        """RFC 2407 §4.6.3.1: tell the initiator when we keep the SA for less than it asked."""
+        attrs: list[Attribute] = []
+        if choice.life_seconds is None or cfg.life_seconds < choice.life_seconds:
+            attrs += [
+                Attribute(IpsecAttr.SA_LIFE_TYPE, LifeType.SECONDS),
+                Attribute.integer(IpsecAttr.SA_LIFE_DURATION, cfg.life_seconds),
+            ]
+        if cfg.life_kilobytes is not None and (
+            choice.life_kilobytes is None or cfg.life_kilobytes < choice.life_kilobytes
+        ):
+            attrs += [
+                Attribute(IpsecAttr.SA_LIFE_TYPE, LifeType.KILOBYTES),
+                Attribute.integer(IpsecAttr.SA_LIFE_DURATION, cfg.life_kilobytes),
+            ]
+        if not attrs:
+            return []
+        data = b"".join(a.encode() for a in attrs)
+        return [NotifyPayload(NotifyType.RESPONDER_LIFETIME, protocol_id, spi, data)]
+
     def _new_spi(self) -> bytes:
         while True:
             spi = os.urandom(4)
@@ -1256,6 +1283,7 @@ class IsakmpService:
             )
         )
         rest: list[AnyPayload] = [reply_sa, NoncePayload(q.nr)]
+        rest += self._responder_lifetime(cfg, choice, prop.protocol_id, prop.spi)
         if ke is not None:
             assert choice.pfs_group is not None
             q.kex = dh(choice.pfs_group).generate()
@@ -1328,6 +1356,7 @@ class IsakmpService:
                 )
             q.g_qm = _dh_secret(q.kex, ke.data)
         q.nr = nonce.data
+        choice = _apply_responder_lifetime(choice, payloads)
         q.choice = choice
         q.peer_spi = prop.spi
         q.last_rcvd = data
@@ -1386,7 +1415,7 @@ class IsakmpService:
         life_s = lifetime_min(q.choice.life_seconds, q.cfg.life_seconds) or q.cfg.life_seconds
         life_kb = lifetime_min(q.choice.life_kilobytes, q.cfg.life_kilobytes)
         initiator_rekeys = q.initiator
-        soft = life_s - q.cfg.rekey_margin if initiator_rekeys else None
+        soft = life_s - _margin(q.cfg.rekey_margin, life_s) if initiator_rekeys else None
         lifetime = Lifetime(
             soft_seconds=soft,
             hard_seconds=float(life_s),
@@ -1957,6 +1986,32 @@ def _ts_within(inner: TrafficSelector, outer: TrafficSelector) -> bool:
     if outer.ip_protocol and inner.ip_protocol != outer.ip_protocol:
         return False
     return outer.start_port <= inner.start_port and inner.end_port <= outer.end_port
+
+
+def _margin(configured: float, lifetime: float) -> float:
+    """The rekey margin, shrunk to a tenth of the lifetime when the negotiated lifetime is
+    shorter than the configured margin (a peer's shorter lifetime must not cause a rekey loop)."""
+    return configured if configured < lifetime / 2 else lifetime / 10
+
+
+def _apply_responder_lifetime(
+    choice: Phase2Choice, payloads: tuple[AnyPayload, ...] | list[AnyPayload]
+) -> Phase2Choice:
+    """Adopt the shorter lifetimes of a RESPONDER-LIFETIME notify (RFC 2407 §4.6.3.1)."""
+    for p in payloads:
+        if not (isinstance(p, NotifyPayload) and p.notify_type == NotifyType.RESPONDER_LIFETIME):
+            continue
+        life_type = None
+        seconds, kilobytes = choice.life_seconds, choice.life_kilobytes
+        for a in decode_attributes(p.data):
+            if a.type == IpsecAttr.SA_LIFE_TYPE:
+                life_type = a.as_int()
+            elif a.type == IpsecAttr.SA_LIFE_DURATION and life_type == LifeType.SECONDS:
+                seconds = lifetime_min(seconds, a.as_int())
+            elif a.type == IpsecAttr.SA_LIFE_DURATION and life_type == LifeType.KILOBYTES:
+                kilobytes = lifetime_min(kilobytes, a.as_int())
+        choice = dataclasses.replace(choice, life_seconds=seconds, life_kilobytes=kilobytes)
+    return choice
 
 
 def _dh_secret(kex: KeyExchange, peer_public: bytes) -> bytes:

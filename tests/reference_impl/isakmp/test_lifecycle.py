@@ -369,3 +369,21 @@ def test_bad_ke_value_is_invalid_key_information() -> None:
         + link.b.counters.dropped.get("INVALID_KEY_INFORMATION", 0)
         == 1
     )
+
+
+def test_responder_lifetime_notify_shortens_the_initiators_sa() -> None:
+    """RFC 2407 §4.6.3.1: B keeps its SAs 600 s; A asked for 3600 s. B says so in QM2 and A
+    rekeys before B's expiry instead of losing the SA."""
+    c_b = child("c", "10.2.0.0/24", "10.1.0.0/24", life_seconds=600, rekey_margin=60)
+    link = make_link(conn_pair(child_b=c_b, dpd_delay=None))
+    _up(link)
+    (ca,) = link.of("a", ChildSaEstablished)
+    (cb,) = link.of("b", ChildSaEstablished)
+    assert cb.pair.inbound.lifetime.hard_seconds == 600
+    assert ca.pair.outbound.lifetime.hard_seconds == 600
+    soft = ca.pair.outbound.lifetime.soft_seconds
+    assert soft is not None and 0 < soft < 600
+    link.pump(until=650)
+    assert len(link.of("a", ChildSaRekeyed)) >= 1
+    assert [e.reason for e in link.of("b", ChildSaDeleted)] == ["deleted by peer"]
+    assert len(link.b.child_sas()) == 1

@@ -20,6 +20,7 @@ UDP encapsulation, no TFC padding, default options) gets a specialised fast path
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -60,6 +61,7 @@ from reference_impl.errors import LocalProtocolError, RemoteProtocolError
 from reference_impl.sa import ChildSaParams, IpsecProtocol, Mode
 
 _M32 = 0xFFFFFFFF
+_M64 = (1 << 64) - 1
 _SPI_SEQ = struct.Struct(">II")
 _SPI_SEQ_ESN = struct.Struct(">III")
 _U32 = struct.Struct(">I")
@@ -132,6 +134,20 @@ def _family(addr: str) -> tuple[int, bytes]:
     return a.version, a.packed
 
 
+@functools.cache
+def _soft_seq(esn: bool, margin: int | None) -> int:
+    """The sequence number that raises the soft SEQUENCE event (shared int objects: a large
+    SAD holds one reference per SA, not one integer)."""
+    if margin is None:
+        margin = 1 << 32 if esn else 1 << 24
+    return max(1, (_M64 if esn else _M32) - margin)
+
+
+@functools.cache
+def _shared_int(value: int) -> int:
+    return value
+
+
 class OutboundSa(SecurityAssociation):
     """An outbound SA (ESP or AH): sequence numbers, exhaustion, outer headers.
 
@@ -159,11 +175,8 @@ class OutboundSa(SecurityAssociation):
             raise LocalProtocolError("SA source and destination are of different IP versions")
         self.seq = 0
         self._seq0 = 0
-        self._seq_max = (1 << 64) - 1 if params.esn else _M32
-        margin = options.seq_rekey_margin
-        if margin is None:
-            margin = 1 << 32 if params.esn else 1 << 24
-        self._seq_soft = max(1, self._seq_max - margin)
+        self._seq_max = _M64 if params.esn else _M32
+        self._seq_soft = _soft_seq(params.esn, options.seq_rekey_margin)
         self._next_seq = 0
         self._encap = params.encap
         super().__init__(params, False, now, ctx, options)
@@ -505,7 +518,7 @@ class _EspOutboundFast4(EspOutbound):
         options: SaOptions = DEFAULT_OPTIONS,
     ) -> None:
         super().__init__(params, now, ctx, options)
-        self._ttl_proto = (options.ttl << 8) | IPPROTO_ESP
+        self._ttl_proto = _shared_int((options.ttl << 8) | IPPROTO_ESP)
         self._addr_spi = self._src + self._dst + _U32.pack(self.spi)
         words = struct.unpack(">4H", self._src + self._dst)
         self._csum_m1 = 0x4500 + self._ttl_proto + sum(words) - 1

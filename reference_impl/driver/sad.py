@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import struct
+from collections.abc import Iterator
 
 from reference_impl.crypto import IntegrityError
 from reference_impl.driver.ah import AhInbound, AhOutbound
@@ -70,8 +71,8 @@ class SecurityAssociationDatabase:
         "_ctx",
         "_esp_in",
         "_heap",
+        "_n_out",
         "_out",
-        "_out_by_spi",
         "_tie",
         "udp_encap_ports",
     )
@@ -80,9 +81,10 @@ class SecurityAssociationDatabase:
         self._ctx = DriverContext(audit_limit)
         self._esp_in: dict[int, EspInbound] = {}
         self._ah_in: dict[int, AhInbound] = {}
-        self._out: dict[int, OutboundSa] = {}
-        """Outbound SAs in installation order, keyed by id()."""
-        self._out_by_spi: dict[int, list[OutboundSa]] = {}
+        self._out: dict[int, OutboundSa | list[OutboundSa]] = {}
+        """Outbound SAs by (protocol, SPI) in installation order; a list when peers chose the
+        same SPI (the destinations then differ)."""
+        self._n_out = 0
         self._heap: list[tuple[float, int, SecurityAssociation]] = []
         self._tie = itertools.count()
         self.udp_encap_ports: set[int] = set(udp_encap_ports)
@@ -134,13 +136,18 @@ class SecurityAssociationDatabase:
             else:
                 raise LocalProtocolError(f"protocol {params.protocol} is not ESP or AH")
             key = _key(params.protocol, params.spi)
-            same = self._out_by_spi.setdefault(key, [])
-            if any(o.params.dst == params.dst for o in same):
-                raise LocalProtocolError(
-                    f"outbound SPI {params.spi:#x} to {params.dst} already installed"
-                )
-            same.append(out)
-            self._out[id(out)] = out
+            same = self._out.pop(key, None)
+            if same is None:
+                self._out[key] = out
+            else:
+                others = same if isinstance(same, list) else [same]
+                if any(o.params.dst == params.dst for o in others):
+                    self._out[key] = same
+                    raise LocalProtocolError(
+                        f"outbound SPI {params.spi:#x} to {params.dst} already installed"
+                    )
+                self._out[key] = [*others, out]  # re-inserted: newest last
+            self._n_out += 1
             sa = out
         deadline = sa.deadline()
         if deadline is not None:
@@ -171,13 +178,16 @@ class SecurityAssociationDatabase:
                 del table[sa.spi]
                 return True
             return False
-        if self._out.pop(id(sa), None) is None:
-            return False
         key = _key(sa.protocol, sa.spi)
-        same = self._out_by_spi[key]
-        same.remove(sa)  # type: ignore[arg-type]
-        if not same:
-            del self._out_by_spi[key]
+        same = self._out.get(key)
+        if same is sa:
+            del self._out[key]
+        elif isinstance(same, list) and sa in same:
+            rest = [o for o in same if o is not sa]
+            self._out[key] = rest[0] if len(rest) == 1 else rest
+        else:
+            return False
+        self._n_out -= 1
         return True
 
     def remove_inbound(self, protocol: IpsecProtocol, spi: int) -> SecurityAssociation | None:
@@ -208,10 +218,18 @@ class SecurityAssociationDatabase:
         self, protocol: IpsecProtocol, spi: int, dst: str | None = None
     ) -> OutboundSa | None:
         """The outbound SA with this SPI (and destination, when SPIs collide), or None."""
-        for sa in self._out_by_spi.get(_key(protocol, spi), ()):
-            if dst is None or sa.params.dst == dst:
+        same = self._out.get(_key(protocol, spi))
+        for sa in same if isinstance(same, list) else (same,):
+            if sa is not None and (dst is None or sa.params.dst == dst):
                 return sa
         return None
+
+    def _outbound_newest_first(self) -> Iterator[OutboundSa]:
+        for v in reversed(self._out.values()):
+            if isinstance(v, list):
+                yield from reversed(v)
+            else:
+                yield v
 
     def outbound_for(self, packet: bytes) -> OutboundSa | None:
         """The newest live outbound SA whose selectors cover ``packet`` (RFC 4301 §5.1 step
@@ -220,16 +238,18 @@ class SecurityAssociationDatabase:
             flow = flow_of(packet)
         except MalformedPacket:
             return None
-        for sa in reversed(self._out.values()):
+        for sa in self._outbound_newest_first():
             if sa.expired is None and sa.selectors.matches(flow):
                 return sa
         return None
 
     def __len__(self) -> int:
-        return len(self._esp_in) + len(self._ah_in) + len(self._out)
+        return len(self._esp_in) + len(self._ah_in) + self._n_out
 
-    def __iter__(self) -> itertools.chain[SecurityAssociation]:
-        return itertools.chain(self._esp_in.values(), self._ah_in.values(), self._out.values())
+    def __iter__(self) -> Iterator[SecurityAssociation]:
+        yield from self._esp_in.values()
+        yield from self._ah_in.values()
+        yield from reversed(list(self._outbound_newest_first()))
 
     # --- counters, events, timers ------------------------------------------------------------
 
@@ -255,7 +275,8 @@ class SecurityAssociationDatabase:
     def _installed(self, sa: SecurityAssociation) -> bool:
         if sa.inbound:
             return self.inbound(sa.protocol, sa.spi) is sa
-        return id(sa) in self._out
+        same = self._out.get(_key(sa.protocol, sa.spi))
+        return same is sa or (isinstance(same, list) and sa in same)
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` must next run (time-based lifetimes), or None."""

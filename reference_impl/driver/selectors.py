@@ -48,35 +48,43 @@ def _side_matches(
     return False
 
 
-class SelectorMatcher:
-    """The compiled selectors of one SA."""
+_EMPTY: tuple[_Range, ...] = ()
 
-    __slots__ = ("_dst", "_src", "match_all", "simple")
+
+class SelectorMatcher:
+    """The compiled selectors of one SA (kept small: a large SAD holds one per SA)."""
+
+    __slots__ = ("_dst", "_src", "simple")
 
     def __init__(
         self, ts_src: Sequence[TrafficSelector], ts_dst: Sequence[TrafficSelector]
     ) -> None:
-        self._src = tuple(_compile(t) for t in ts_src)
-        self._dst = tuple(_compile(t) for t in ts_dst)
-        self.match_all = not self._src and not self._dst
-        """True when there is nothing to check."""
+        src = tuple(_compile(t) for t in ts_src) if ts_src else _EMPTY
+        dst = tuple(_compile(t) for t in ts_dst) if ts_dst else _EMPTY
         self.simple: tuple[int, int, int, int, int] | None = None
         """(version, src first, src last, dst first, dst last) when the selectors are one
         address range per side with any protocol and any port: the fast paths then compare
-        two integers against two ranges."""
-        if len(self._src) == 1 and len(self._dst) == 1:
-            sv, slo, shi, sp, splo, sphi = self._src[0]
-            dv, dlo, dhi, dp, dplo, dphi = self._dst[0]
+        two integers against two ranges. Only this tuple is kept then."""
+        if len(src) == 1 and len(dst) == 1:
+            sv, slo, shi, sp, splo, sphi = src[0]
+            dv, dlo, dhi, dp, dplo, dphi = dst[0]
             full = (splo, sphi, dplo, dphi) == (0, 65535, 0, 65535)
             if sv == dv and not sp and not dp and full:
                 self.simple = (sv, slo, shi, dlo, dhi)
+                src = dst = _EMPTY
+        self._src = src
+        self._dst = dst
+
+    @property
+    def match_all(self) -> bool:
+        """True when there is nothing to check."""
+        return self.simple is None and not self._src and not self._dst
 
     def matches(self, flow: Flow) -> bool:
+        simple = self.simple
+        if simple is not None:
+            v, slo, shi, dlo, dhi = simple
+            return flow.version == v and slo <= flow.src <= shi and dlo <= flow.dst <= dhi
         return _side_matches(
             self._src, flow.version, flow.src, flow.protocol, flow.sport
         ) and _side_matches(self._dst, flow.version, flow.dst, flow.protocol, flow.dport)
-
-    def versions(self) -> frozenset[int]:
-        """IP versions the selectors admit (both when unconstrained)."""
-        vs = {r[0] for r in self._src} | {r[0] for r in self._dst}
-        return frozenset(vs) if vs else frozenset({4, 6})

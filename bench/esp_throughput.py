@@ -1,0 +1,265 @@
+"""ESP throughput of the driver against scapy's SecurityAssociation and the bare AEAD call.
+
+For AES-GCM-128, AES-CBC-128 + HMAC-SHA2-256-128 and ChaCha20-Poly1305, packets of 64, 512
+and 1400 octets (the inner packet in tunnel mode, the whole packet in transport mode), IPv4:
+
+* ``protect``: ``OutboundSa.protect(packet, now)`` (the SA handle, as the node uses it);
+* ``unprotect``: ``Sad.unprotect(datagram, now)``, i.e. header parsing, the SPI lookup, the
+  replay check and window update, decryption, the trailer, the selector check, counters;
+* scapy: ``bytes(sa.encrypt(IP(packet)))`` and ``bytes(sa.decrypt(IP(datagram)))`` on the
+  same packets (no replay window there);
+* bare AEAD: ``AESGCM(key).encrypt(nonce, plaintext, aad)`` / ``decrypt`` with the object
+  reused, on plaintexts of the same size (ChaCha20Poly1305 for the ChaCha rows).
+
+Every rate loops over a pool of packets (for unprotect, datagrams with distinct sequence
+numbers; the replay window is reset before each pass, inside the timed loop), and the bare
+calls loop over pools of the same length, so loop overhead is the same on both sides. Each
+figure is the best of a few interleaved rounds (the machine is shared).
+
+    python bench/esp_throughput.py [--json] [--seconds S] [--quick] [--sas N]
+
+The JSON has ``results`` (one row per algorithm/size/mode) and, for AES-GCM-128, 1400
+octets, tunnel mode: ``protect_vs_scapy``, ``unprotect_vs_scapy``, ``protect_vs_aead``,
+``unprotect_vs_aead`` (ratios of packets/s; the ``unprotect`` ratio is against the bare
+decrypt) and ``sad_memory_mb`` (100,000 SAs installed, from ``sad_memory.py`` run in a fresh
+interpreter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchlib import emit, machine, parser, rate
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from scapy.layers import ipsec as scapy_ipsec
+from scapy.layers.inet import IP, UDP
+
+from reference_impl.driver import OutboundSa, Sad, Verdict
+from reference_impl.driver import SecurityAssociation as DriverSa
+from reference_impl.sa import ChildSaParams, IpsecProtocol, Mode, TrafficSelector
+
+POOL = 256
+SUITES: dict[str, dict[str, Any]] = {
+    "aes-gcm-128": {"encr": (20, 128, 20), "integ": None, "scapy": ("AES-GCM", None)},
+    "aes-cbc-128-hmac-sha256": {
+        "encr": (12, 128, 16),
+        "integ": (12, 32),
+        "scapy": ("AES-CBC", "SHA2-256-128"),
+    },
+    "chacha20-poly1305": {
+        "encr": (28, 256, 36),
+        "integ": None,
+        "scapy": ("CHACHA20-POLY1305", None),
+    },
+}
+SIZES = (64, 512, 1400)
+MODES = ("tunnel", "transport")
+OUTER = ("192.0.2.1", "192.0.2.2")
+INNER = ("10.1.0.1", "10.2.0.1")
+
+
+def _packet(mode: str, size: int) -> bytes:
+    src, dst = INNER if mode == "tunnel" else OUTER
+    body = bytes(range(256)) * (size // 256 + 1)
+    pkt = IP(src=src, dst=dst, id=7) / UDP(sport=1000, dport=2000) / body[: size - 28]
+    raw = bytes(pkt)
+    assert len(raw) == size
+    return raw
+
+
+def _setup(suite: str, mode: str) -> tuple[Sad, OutboundSa, DriverSa, Any, bytes]:
+    spec = SUITES[suite]
+    encr_id, bits, klen = spec["encr"]
+    ekey = os.urandom(klen)
+    ikey = os.urandom(spec["integ"][1]) if spec["integ"] else b""
+    net = INNER if mode == "tunnel" else OUTER
+    params = ChildSaParams(
+        spi=0x1001,
+        protocol=IpsecProtocol.ESP,
+        mode=Mode.TUNNEL if mode == "tunnel" else Mode.TRANSPORT,
+        src=OUTER[0],
+        dst=OUTER[1],
+        encr_id=encr_id,
+        encr_key_bits=bits,
+        encr_key=ekey,
+        integ_id=spec["integ"][0] if spec["integ"] else None,
+        integ_key=ikey,
+        ts_src=(TrafficSelector.from_network(f"{net[0]}/16"),),
+        ts_dst=(TrafficSelector.from_network(f"{net[1]}/16"),),
+    )
+    sad = Sad()
+    out = sad.install(params, inbound=False, now=0.0)
+    inn = sad.install(params, inbound=True, now=0.0)
+    assert isinstance(out, OutboundSa)
+    crypt, auth = spec["scapy"]
+    scapy: Any = scapy_ipsec  # untyped library
+    sc = scapy.SecurityAssociation(
+        scapy.ESP,
+        spi=0x1001,
+        crypt_algo=crypt,
+        crypt_key=ekey,
+        auth_algo=auth,
+        auth_key=ikey or None,
+        tunnel_header=IP(src=OUTER[0], dst=OUTER[1]) if mode == "tunnel" else None,
+    )
+    return sad, out, inn, sc, ekey
+
+
+def _best(funcs: dict[str, Callable[[], object]], seconds: float, rounds: int) -> dict[str, float]:
+    """Best calls/s of each function over interleaved rounds."""
+    best = dict.fromkeys(funcs, 0.0)
+    for _ in range(rounds):
+        for name, f in funcs.items():
+            best[name] = max(best[name], rate(f, seconds=seconds / rounds, batch=1))
+    return best
+
+
+def measure(suite: str, size: int, mode: str, seconds: float, rounds: int) -> dict[str, Any]:
+    sad, out, inn, sc, ekey = _setup(suite, mode)
+    pkt = _packet(mode, size)
+    window = inn.window  # type: ignore[attr-defined]
+    # A peer's datagrams with sequence numbers 1..POOL, replayed after a window reset.
+    peer = Sad().install(out.params, inbound=False, now=0.0)
+    assert isinstance(peer, OutboundSa)
+    pool = [peer.protect(pkt, 0.0)[1] for _ in range(POOL)]
+    verdict, inner, _ = sad.unprotect(pool[0], 0.0)
+    assert verdict is Verdict.DELIVERED and inner == pkt, verdict
+    window.reset_window(0)
+    pkts = [pkt] * POOL
+    protect = out.protect
+    unprotect = sad.unprotect
+
+    def run_protect() -> None:
+        for p in pkts:
+            protect(p, 0.0)
+
+    def run_unprotect() -> None:
+        window.reset_window(0)
+        for d in pool:
+            unprotect(d, 0.0)
+
+    funcs: dict[str, Callable[[], object]] = {"protect": run_protect, "unprotect": run_unprotect}
+    spec = SUITES[suite]
+    if spec["integ"] is None:
+        aead = (AESGCM if spec["encr"][0] == 20 else ChaCha20Poly1305)(ekey[:-4])
+        enc, dec = aead.encrypt, aead.decrypt
+        nonce = os.urandom(12)
+        aad = os.urandom(8)
+        sealed = [(nonce, enc(nonce, pkt, aad), aad)] * POOL
+
+        def run_aead_encrypt() -> None:
+            for p in pkts:
+                enc(nonce, p, aad)
+
+        def run_aead_decrypt() -> None:
+            for n, c, a in sealed:
+                dec(n, c, a)
+
+        funcs["aead_encrypt"] = run_aead_encrypt
+        funcs["aead_decrypt"] = run_aead_decrypt
+    rates = {k: v * POOL for k, v in _best(funcs, seconds, rounds).items()}
+
+    # scapy on the same packets (it is three orders of magnitude slower: fewer of them).
+    ip_pkt = pkt
+    assert bytes(sc.decrypt(IP(pool[0]))) == pkt
+    window.reset_window(0)
+    assert sad.unprotect(bytes(sc.encrypt(IP(pkt))), 0.0)[:2] == (Verdict.DELIVERED, pkt)
+
+    def scapy_encrypt() -> None:
+        bytes(sc.encrypt(IP(ip_pkt)))
+
+    def scapy_decrypt() -> None:
+        bytes(sc.decrypt(IP(pool[0])))
+
+    sc_rates = _best(
+        {"scapy_encrypt": scapy_encrypt, "scapy_decrypt": scapy_decrypt},
+        max(0.05, seconds / 2),
+        1,
+    )
+    row: dict[str, Any] = {"suite": suite, "size": size, "mode": mode}
+    for name, r in {**rates, **sc_rates}.items():
+        row[f"{name}_pps"] = r
+        row[f"{name}_MBps"] = r * size / 1e6
+    row["protect_vs_scapy"] = rates["protect"] / sc_rates["scapy_encrypt"]
+    row["unprotect_vs_scapy"] = rates["unprotect"] / sc_rates["scapy_decrypt"]
+    if "aead_encrypt" in rates:
+        row["protect_vs_aead"] = rates["protect"] / rates["aead_encrypt"]
+        row["unprotect_vs_aead"] = rates["unprotect"] / rates["aead_decrypt"]
+        row["unprotect_vs_aead_encrypt"] = rates["unprotect"] / rates["aead_encrypt"]
+    return row
+
+
+def sad_memory(sas: int) -> dict[str, Any]:
+    """Run sad_memory.py in a fresh interpreter (so the RSS growth is the SAD's alone)."""
+    script = Path(__file__).with_name("sad_memory.py")
+    out = subprocess.run(
+        [sys.executable, str(script), "--json", "--sas", str(sas)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = parser((__doc__ or "").splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="only AES-GCM-128, 1400 octets, tunnel")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--sas", type=int, default=100_000, help="SAs for the memory figure (0: skip)")
+    args = p.parse_args(argv)
+    combos = (
+        [("aes-gcm-128", 1400, "tunnel")]
+        if args.quick
+        else [(s, n, m) for s in SUITES for m in MODES for n in SIZES]
+    )
+    rows = [measure(s, n, m, args.seconds, args.rounds) for s, n, m in combos]
+    head = next(
+        r for r in rows if (r["suite"], r["size"], r["mode"]) == ("aes-gcm-128", 1400, "tunnel")
+    )
+    result: dict[str, Any] = {
+        **machine(),
+        "protect_vs_scapy": head["protect_vs_scapy"],
+        "unprotect_vs_scapy": head["unprotect_vs_scapy"],
+        "protect_vs_aead": head["protect_vs_aead"],
+        "unprotect_vs_aead": head["unprotect_vs_aead"],
+    }
+    if args.sas:
+        mem = sad_memory(args.sas)
+        result["sad_memory_sas"] = mem["sas"]
+        result["sad_memory_mb"] = mem["rss_growth_mb"]
+        result["sad_memory_bytes_per_sa"] = mem["bytes_per_sa"]
+    if args.json:
+        result["results"] = rows
+        emit(result, True)
+    else:
+        emit(result, False)
+        print()
+        print(
+            f"{'suite':26s}{'size':>6s} {'mode':10s}{'protect/s':>12s}{'unprot/s':>12s}"
+            f"{'MB/s p/u':>14s}{'scapy e/d':>14s}{'vs aead p/u':>14s}"
+        )
+        for r in rows:
+            vs = (
+                f"{r['protect_vs_aead']:.2f}/{r['unprotect_vs_aead']:.2f}"
+                if "protect_vs_aead" in r
+                else "-"
+            )
+            print(
+                f"{r['suite']:26s}{r['size']:6d} {r['mode']:10s}{r['protect_pps']:12,.0f}"
+                f"{r['unprotect_pps']:12,.0f}"
+                f"{r['protect_MBps']:7.0f}/{r['unprotect_MBps']:<6.0f}"
+                f"{r['scapy_encrypt_pps']:7,.0f}/{r['scapy_decrypt_pps']:<6,.0f}{vs:>14s}"
+            )
+    return result
+
+
+if __name__ == "__main__":
+    main()

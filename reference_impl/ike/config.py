@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from functools import lru_cache
 from typing import Any
 
 from reference_impl.crypto import DhId, EncrId, EsnId, IntegId, PrfId, TransformType
@@ -201,14 +200,19 @@ class ProposalConfig:
         return out
 
     def to_proposal(self, num: int, spi: bytes = b"", with_dh: bool = True) -> Proposal:
-        transforms, encoded = _encoded(self, with_dh)
-        return Proposal(num, self.protocol, spi, list(transforms), encoded)
+        key = (id(self), with_dh)
+        hit = _ENCODED.get(key)
+        if hit is None or hit[0] is not self:
+            ts = self.transforms(with_dh)
+            encoded = b"".join(t.encode(i == len(ts) - 1) for i, t in enumerate(ts))
+            if len(_ENCODED) > 1024:
+                _ENCODED.clear()
+            hit = _ENCODED[key] = (self, tuple(ts), encoded)
+        return Proposal(num, self.protocol, spi, list(hit[1]), hit[2])
 
 
-@lru_cache(maxsize=256)
-def _encoded(cfg: ProposalConfig, with_dh: bool) -> tuple[tuple[Transform, ...], bytes]:
-    ts = cfg.transforms(with_dh)
-    return tuple(ts), b"".join(t.encode(i == len(ts) - 1) for i, t in enumerate(ts))
+_ENCODED: dict[tuple[int, bool], tuple[ProposalConfig, tuple[Transform, ...], bytes]] = {}
+"""Configured proposals, encoded once (keyed by identity; the entry keeps the object alive)."""
 
 
 DEFAULT_IKE_PROPOSALS = (

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 from reference_impl.crypto import (
     EncrAlgorithm,
@@ -371,10 +371,7 @@ class IkeSa:
             payloads.append(NotifyPayload(N.IKEV2_FRAGMENTATION_SUPPORTED))
         if cfg.signature_hashes:
             payloads.append(
-                NotifyPayload(
-                    N.SIGNATURE_HASH_ALGORITHMS,
-                    b"".join(h.to_bytes(2, "big") for h in cfg.signature_hashes),
-                )
+                NotifyPayload(N.SIGNATURE_HASH_ALGORITHMS, _hash_list(cfg.signature_hashes))
             )
         msg = Message(_IKE_SA_INIT, 0, self.spi_i, ZERO_SPI, True, False, payloads)
         self.init_request = encode_message(msg)
@@ -539,7 +536,7 @@ class IkeSa:
         if sa_p is None or ke is None or nonce is None:
             refuse(N.INVALID_SYNTAX)
             return None
-        proposals = [p for c in configs for p in c.proposals]
+        proposals = _all_proposals(tuple(configs))
         sel = select(proposals, sa_p.proposals, prefer_local=settings.prefer_local_proposals)
         if sel is None or not sel.prf_id or not sel.dh_id:
             ctx.stats["no_proposal_chosen"] = ctx.stats.get("no_proposal_chosen", 0) + 1
@@ -586,21 +583,16 @@ class IkeSa:
             NoncePayload(sa.nonce_r),
         ]
         payloads.extend(sa._natd_payloads(sa.spi_i, sa.spi_r))
-        anchors = tuple(a for c in configs for a in c.remote.trust_anchors)
-        if anchors and any(c.remote.send_certreq for c in configs):
-            payloads.append(
-                CertReqPayload(CertEncoding.X509_CERT_SIGNATURE, certreq_authorities(anchors))
-            )
+        certreq = _init_certreq(tuple(configs))
+        if certreq:
+            payloads.append(CertReqPayload(CertEncoding.X509_CERT_SIGNATURE, certreq))
         if sa.peer_frag and any(c.fragmentation for c in configs):
             payloads.append(NotifyPayload(N.IKEV2_FRAGMENTATION_SUPPORTED))
         else:
             sa.peer_frag = False
         if hashes is not None and config.signature_hashes:
             payloads.append(
-                NotifyPayload(
-                    N.SIGNATURE_HASH_ALGORITHMS,
-                    b"".join(h.to_bytes(2, "big") for h in config.signature_hashes),
-                )
+                NotifyPayload(N.SIGNATURE_HASH_ALGORITHMS, _hash_list(config.signature_hashes))
             )
         reply = Message(_IKE_SA_INIT, 0, sa.spi_i, sa.spi_r, False, True, payloads)
         sa.init_response = encode_message(reply)
@@ -786,8 +778,7 @@ class IkeSa:
         datagrams = self._protect(msg, payloads)
         self.responses[mid] = datagrams
         window = self.config.window_size if self.config else 1
-        for old in [m for m in self.responses if m < mid - window - 1]:
-            del self.responses[old]
+        self.responses.pop(mid - window - 1, None)  # out of the window: never asked again
         if mid == self.peer_next_mid:
             self.peer_next_mid += 1
             while self.peer_next_mid in self._peer_done:
@@ -2206,8 +2197,50 @@ def _xname(ex: int) -> str:
         return str(ex)
 
 
-@lru_cache(maxsize=256)
+_BY_CONFIG: dict[tuple[str, int], tuple[object, object]] = {}
+
+
+def _per_config(kind: str, obj: object, make: Callable[[], object]) -> object:
+    """A value derived from a long-lived configuration object, computed once (the key is the
+    object's identity; the object is kept alive with the value, so the id cannot be reused)."""
+    key = (kind, id(obj))
+    hit = _BY_CONFIG.get(key)
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    if len(_BY_CONFIG) > 4096:
+        _BY_CONFIG.clear()
+    value = make()
+    _BY_CONFIG[key] = (obj, value)
+    return value
+
+
+def _all_proposals(configs: tuple[PeerConfig, ...]) -> list[ProposalConfig]:
+    if len(configs) == 1:
+        return list(configs[0].proposals)
+    return [p for c in configs for p in c.proposals]
+
+
+def _init_certreq(configs: tuple[PeerConfig, ...]) -> bytes:
+    def make() -> bytes:
+        anchors = tuple(a for c in configs for a in c.remote.trust_anchors)
+        if anchors and any(c.remote.send_certreq for c in configs):
+            return certreq_authorities(anchors)
+        return b""
+
+    if len(configs) == 1:
+        return cast(bytes, _per_config("certreq", configs[0], make))
+    return make()
+
+
+def _hash_list(hashes: tuple[int, ...]) -> bytes:
+    return b"".join(h.to_bytes(2, "big") for h in hashes)
+
+
 def _lifetime(cfg: ChildConfig) -> Lifetime:
+    return cast(Lifetime, _per_config("lifetime", cfg, lambda: _make_lifetime(cfg)))
+
+
+def _make_lifetime(cfg: ChildConfig) -> Lifetime:
     return Lifetime(
         soft_seconds=cfg.rekey_time,
         hard_seconds=cfg.life_time,

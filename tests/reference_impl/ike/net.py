@@ -4,9 +4,9 @@ and an optional NAT, for two-endpoint tests (no sockets, no sleeps)."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from reference_impl.events import Event
 from reference_impl.ike.config import (
@@ -91,9 +91,9 @@ class Net:
                 out = (pub_ip, base + len(self._nat_map))
                 self._nat_map[d.src] = out
                 self._nat_rev[out] = d.src
-            d = replace(d, src=out)
+            d = d._replace(src=out)
         if d.dst in self._nat_rev:
-            d = replace(d, dst=self._nat_rev[d.dst])
+            d = d._replace(dst=self._nat_rev[d.dst])
         return d
 
     def step(self) -> bool:
@@ -168,7 +168,7 @@ def psk_config(
     remote_ts: str = "10.2.0.1/32",
     proposals: tuple[str, ...] = ("aes128gcm16-prfsha256-x25519", "aes256-sha256-modp2048"),
     esp: tuple[str, ...] = ("aes128gcm16", "aes256-sha256"),
-    child: dict[str, object] | None = None,
+    child: Mapping[str, Any] | None = None,
     **kw: object,
 ) -> PeerConfig:
     c = ChildConfig(
@@ -176,7 +176,7 @@ def psk_config(
         local_ts=(ts(local_ts),) if local_ts else (),
         remote_ts=(ts(remote_ts),) if remote_ts else (),
         proposals=esp_proposals(*esp),
-        **(child or {}),  # type: ignore[arg-type]
+        **(child or {}),
     )
     return PeerConfig(
         name=name,
@@ -186,22 +186,22 @@ def psk_config(
         proposals=ike_proposals(*proposals),
         children=(c,),
         retransmit=FAST,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
 def pair(
-    a_cfg: dict[str, object] | None = None,
-    b_cfg: dict[str, object] | None = None,
-    a_settings: dict[str, object] | None = None,
-    b_settings: dict[str, object] | None = None,
+    a_cfg: Mapping[str, Any] | None = None,
+    b_cfg: Mapping[str, Any] | None = None,
+    a_settings: Mapping[str, Any] | None = None,
+    b_settings: Mapping[str, Any] | None = None,
     seed: int = 1,
 ) -> tuple[Net, Node, Node]:
     """Two services, A (10.1.0.1/32 behind it) and B (10.2.0.1/32), configured for each other."""
-    a_conf = psk_config("ab", A_IP, B_IP, **(a_cfg or {}))  # type: ignore[arg-type]
+    a_conf = psk_config("ab", A_IP, B_IP, **(a_cfg or {}))
     b_kw: dict[str, object] = {"local_ts": "10.2.0.1/32", "remote_ts": "10.1.0.1/32"}
     b_kw.update(b_cfg or {})
-    b_conf = psk_config("ba", B_IP, A_IP, **b_kw)  # type: ignore[arg-type]
+    b_conf = psk_config("ba", B_IP, A_IP, **b_kw)
     a = Node(
         "A",
         A_IP,
@@ -210,7 +210,7 @@ def pair(
                 connections=(a_conf,),
                 local_address=A_IP,
                 rng=rng(seed),
-                **(a_settings or {}),  # type: ignore[arg-type]
+                **(a_settings or {}),
             )
         ),
     )
@@ -222,7 +222,7 @@ def pair(
                 connections=(b_conf,),
                 local_address=B_IP,
                 rng=rng(seed + 1000),
-                **(b_settings or {}),  # type: ignore[arg-type]
+                **(b_settings or {}),
             )
         ),
     )

@@ -3,6 +3,9 @@ services, both roles, including simultaneous rekeys and loss."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import pytest
 
 from reference_impl.events import (
@@ -24,8 +27,8 @@ from .net import Net, Node, pair, ts
 
 
 def up(
-    a_cfg: dict[str, object] | None = None,
-    b_cfg: dict[str, object] | None = None,
+    a_cfg: Mapping[str, Any] | None = None,
+    b_cfg: Mapping[str, Any] | None = None,
     **kw: object,
 ) -> tuple[Net, Node, Node, IkeSa, IkeSa]:
     net, a, b = pair(a_cfg, b_cfg, **kw)  # type: ignore[arg-type]

@@ -349,6 +349,16 @@ class IsakmpService:
             for c in children:
                 self._start_quick(sa, c, now, acquire_id)
             return sa.ike_sa_id
+        for pending in self._sas.values():
+            # phase 1 already under way for this connection: queue the Quick Modes on it
+            if (
+                pending.conn is conn
+                and pending.initiator
+                and pending.rekey_of is None
+                and pending.state not in (Phase1State.ESTABLISHED, Phase1State.DEAD)
+            ):
+                pending.pending += [(c, acquire_id) for c in children]
+                return pending.ike_sa_id
         sa = self._start_phase1(conn, now, acquire_id)
         sa.pending = [(c, acquire_id) for c in children]
         return sa.ike_sa_id

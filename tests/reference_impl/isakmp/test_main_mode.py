@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from reference_impl.events import ChildSaEstablished, IkeSaEstablished, PeerReplied
+import pytest
+
+from reference_impl.events import (
+    ChildSaDeleted,
+    ChildSaEstablished,
+    FailureReason,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    NegotiationFailed,
+    PeerReplied,
+)
+from reference_impl.isakmp.codec import decode_message
+from reference_impl.isakmp.constants import ExchangeType
+from reference_impl.isakmp.settings import PskAuth
 from reference_impl.sa import Mode
-from tests.reference_impl.isakmp.link import conn_pair, make_link
+from tests.reference_impl.isakmp.link import FAST, Link, conn_pair, make_link
 
 
 def test_main_mode_psk_and_quick_mode() -> None:
@@ -32,20 +45,6 @@ def test_main_mode_psk_and_quick_mode() -> None:
     assert str(ca.pair.outbound.ts_src[0]) == "10.1.0.0-10.1.0.255"
     # 6 Main Mode + 3 Quick Mode messages, nothing else
     assert len(link.sent) == 9
-
-
-import pytest  # noqa: E402
-
-from reference_impl.events import (  # noqa: E402
-    ChildSaDeleted,
-    FailureReason,
-    IkeSaDeleted,
-    NegotiationFailed,
-)
-from reference_impl.isakmp.codec import decode_message  # noqa: E402
-from reference_impl.isakmp.constants import ExchangeType  # noqa: E402
-from reference_impl.isakmp.settings import PskAuth  # noqa: E402
-from tests.reference_impl.isakmp.link import FAST, Link  # noqa: E402
 
 
 def _established(link: Link) -> None:
@@ -136,3 +135,13 @@ def test_delete_child_and_ike() -> None:
         if decode_message(d.data).header.exchange_type == ExchangeType.INFORMATIONAL
     ]
     assert len(infos) == 2
+
+
+def test_second_initiate_during_phase1_queues_on_it() -> None:
+    link = make_link(conn_pair(dpd_delay=None))
+    first = link.a.initiate("t", 0.0, acquire_id=1)
+    second = link.a.initiate("t", 0.0, acquire_id=2)
+    assert first == second and len(link.a.ike_sa_ids()) == 1
+    link.pump(until=5)
+    assert len(link.of("a", IkeSaEstablished)) == 1
+    assert sorted(e.pair.acquire_id for e in link.of("a", ChildSaEstablished)) == [1, 2]

@@ -38,7 +38,7 @@ class Selected(NamedTuple):
 
     def to_proposal(self, spi: bytes | None = None) -> Proposal:
         """The one-proposal answer (RFC 7296 §3.3.6: same number, one transform per type)."""
-        ts = [Transform(_ENCR, self.encr_id, self.encr_bits)]
+        ts = [Transform(_ENCR, self.encr_id, self.encr_bits)] if self.encr_id else []  # AH: none
         if self.prf_id:
             ts.append(Transform(_PRF, self.prf_id))
         if self.integ_id:

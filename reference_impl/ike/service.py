@@ -64,7 +64,6 @@ class IkeService:
         self._secret_version = 0
         self._old_secret = b""
         self._secret_until: float | None = None
-        self._configs = {c.name: c for c in settings.connections}
 
     # --- SaContext ------------------------------------------------------------------------------
 
@@ -381,10 +380,12 @@ class IkeService:
     # --- API ------------------------------------------------------------------------------------
 
     def config(self, name: str) -> PeerConfig:
-        try:
-            return self._configs[name]
-        except KeyError:
-            raise LocalProtocolError(f"no connection named {name!r}") from None
+        """The connection ``name`` of the current settings (which may be replaced at any
+        time: the policy agent recompiles them)."""
+        for c in self.settings.connections:
+            if c.name == name:
+                return c
+        raise LocalProtocolError(f"no connection named {name!r}")
 
     def initiate(
         self,

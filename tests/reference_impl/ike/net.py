@@ -199,7 +199,7 @@ def pair(
 ) -> tuple[Net, Node, Node]:
     """Two services, A (10.1.0.1/32 behind it) and B (10.2.0.1/32), configured for each other."""
     a_conf = psk_config("ab", A_IP, B_IP, **(a_cfg or {}))
-    b_kw: dict[str, object] = {"local_ts": "10.2.0.1/32", "remote_ts": "10.1.0.1/32"}
+    b_kw: dict[str, Any] = {"local_ts": "10.2.0.1/32", "remote_ts": "10.1.0.1/32"}
     b_kw.update(b_cfg or {})
     b_conf = psk_config("ba", B_IP, A_IP, **b_kw)
     a = Node(

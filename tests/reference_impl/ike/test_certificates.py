@@ -129,7 +129,6 @@ def with_certs(
         remote=RemoteAuth(peer, AuthClass.PUBKEY, trust_anchors=anchors),
     )
     svc.settings = replace(svc.settings, connections=(cfg,), cert_clock=lambda: NOW)
-    svc._configs = {cfg.name: cfg}
 
 
 def run(net: Net, a: Node, b: Node) -> None:
@@ -342,7 +341,6 @@ def test_psk_one_way_signature_other_way(pki: Pki) -> None:
         cfg, remote=RemoteAuth(Identity.parse(B_IP), AuthClass.PUBKEY, trust_anchors=(pki.root,))
     )
     svc.settings = replace(svc.settings, connections=(cfg,), cert_clock=lambda: NOW)
-    svc._configs = {cfg.name: cfg}
     svc = b.service
     cfgb = svc.settings.connections[0]
     cfgb = replace(
@@ -356,7 +354,6 @@ def test_psk_one_way_signature_other_way(pki: Pki) -> None:
         remote=replace(cfgb.remote, psk=PSK),
     )
     svc.settings = replace(svc.settings, connections=(cfgb,), cert_clock=lambda: NOW)
-    svc._configs = {cfgb.name: cfgb}
     run(net, a, b)
     ok(a, b)
 

@@ -469,3 +469,28 @@ def test_loss_in_create_child_sa_and_informational(position: int) -> None:
     assert len(a.of(ChildSaRekeyed)) == len(b.of(ChildSaRekeyed)) == 1
     assert len(a.of(ChildSaDeleted)) == len(b.of(ChildSaDeleted)) == 1
     assert len(live(sa_a)) == len(live(sa_b)) == 1
+
+
+def test_ah_child_sa() -> None:
+    """An AH Child SA (RFC 7296 §3.3.3: integrity and ESN transforms only, no ENCR)."""
+    from dataclasses import replace
+
+    from reference_impl.ike.config import ProposalConfig
+    from reference_impl.sa import IpsecProtocol
+
+    ah = (ProposalConfig.parse("sha256", IpsecProtocol.AH),)
+    net, a, b = pair()
+    for node in (a, b):
+        cfg = node.service.settings.connections[0]
+        child = replace(cfg.children[0], proposals=ah)
+        node.service.settings = replace(
+            node.service.settings, connections=(replace(cfg, children=(child,)),)
+        )
+    a.service.initiate("ab", net.now)
+    net.run(2)
+    (ca,) = a.of(ChildSaEstablished)
+    (cb,) = b.of(ChildSaEstablished)
+    agree(ca.pair, cb.pair)
+    assert ca.pair.outbound.protocol == IpsecProtocol.AH
+    assert ca.pair.outbound.encr_id is None and ca.pair.outbound.integ_id == 12
+    assert len(ca.pair.outbound.integ_key) == 32

@@ -66,7 +66,6 @@ def test_initiator_behind_a_real_nat() -> None:
         b.service.settings,
         connections=(replace(b.service.settings.connections[0], remote_addrs=("203.0.113.7",)),),
     )
-    b.service._configs = {c.name: c for c in b.service.settings.connections}
     a.service.initiate("ab", net.now)
     net.run(2)
     assert len(a.of(IkeSaEstablished)) == 1 and len(b.of(IkeSaEstablished)) == 1

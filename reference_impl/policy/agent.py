@@ -388,6 +388,8 @@ class PolicyAgent:
                     counters["protected.out"] += 1
                     return Verdict.PROTECTED
                 self._sa_lost(mach, now, "driver has no usable outbound SA")
+                if entry.origin == "dynamic":  # its filter went with the SA: classify again
+                    return self.outbound(packet, now, m)
                 mach = None
             elif state is SaState.SOFT:
                 mach.soft_last_used = now
@@ -754,6 +756,8 @@ class PolicyAgent:
 
     def _sa_lost(self, mach: Machine, now: float, reason: str) -> None:
         """§3.2 "SA loss → NO_SA; flows already secure stay secure"."""
+        if mach.pair is not None:
+            self._drop_dynamic(mach.pair.outbound.spi)
         self._destroy(mach)
         self.counters.inc("sa_lost")
         self.audit.record(now, "sa_lost", str(mach.sa_sel), reason=reason)

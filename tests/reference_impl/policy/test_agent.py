@@ -250,6 +250,22 @@ def test_responder_default_response_rule_and_dynamic_filters() -> None:
     assert w.agent.outbound(udp(I, peer), 0.4) is Verdict.BYPASS  # filter gone with the SA
 
 
+def test_default_response_rule_sa_lost_in_the_driver() -> None:
+    w = World(DRR_POLICY)
+    peer = "10.7.0.2"
+    pol = w.agent.responder_policy(peer, [ts(f"{I}/32")], [ts(f"{peer}/32")], 0.0)
+    assert pol is not None
+    pair = w.ike.make_pair(
+        None, b"P" * 8, local_ts=pol.local, remote_ts=pol.remote, local=I, peer=peer
+    )
+    w.driver.install(pair)
+    w.agent.handle_event(ChildSaEstablished(pair), 0.1)
+    assert w.agent.outbound(udp(I, peer), 0.2) is Verdict.PROTECTED
+    w.driver.remove(pair.outbound.spi)  # expired in the driver, no delete event
+    assert w.agent.outbound(udp(I, peer), 0.3) is Verdict.BYPASS  # static policy again
+    assert w.agent.machines() == []
+
+
 def test_responder_rejects_discarded_and_unmatched_selectors() -> None:
     w = World(DRR_POLICY)
     assert w.agent.responder_policy("10.66.0.1", [ts(f"{I}/32")], [ts("10.66.0.1/32")], 0) is None

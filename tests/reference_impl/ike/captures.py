@@ -22,6 +22,8 @@ class UdpDatagram:
     src: tuple[str, int]
     dst: tuple[str, int]
     payload: bytes
+    ip: bytes = b""
+    """The whole IPv4 packet (for the driver's unprotect)."""
 
     @property
     def is_ike(self) -> bool:
@@ -56,7 +58,7 @@ def read_pcap(path: Path) -> list[UdpDatagram]:
         sport, dport, ulen = struct.unpack_from("!HHH", ip, ihl)
         payload = ip[ihl + 8 : ihl + ulen]
         assert ihl + ulen == total
-        out.append(UdpDatagram((src, sport), (dst, dport), bytes(payload)))
+        out.append(UdpDatagram((src, sport), (dst, dport), bytes(payload), bytes(ip[:total])))
     return out
 
 

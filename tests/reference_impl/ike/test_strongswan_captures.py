@@ -242,3 +242,77 @@ def test_reencrypting_reproduces_the_wire(ex: Exchange) -> None:
         again = decode_message(wire)
         assert again.encrypted is not None
         assert decode_chain(peer.open(wire, again.encrypted), 0, first) == payloads
+
+
+def test_capture_esp_through_the_driver(ex: Exchange) -> None:
+    """The driver (reference_impl.driver) unprotects every ESP-in-UDP packet of the capture
+    with the SAs described as our IKEv2 service hands them over: KEYMAT of RFC 7296 §2.17,
+    the SPIs of the IKE_AUTH SA payloads, UDP encapsulation 4500/4500 (strongSwan faked a
+    NAT), tunnel mode, the negotiated selectors."""
+    from reference_impl.driver import Sad, Verdict
+    from reference_impl.sa import ChildSaParams, IpsecProtocol, Mode
+
+    req, resp = open_auth(ex, 2), open_auth(ex, 3)
+    sa_i, sa_r = req[4], resp[2]
+    tsi, tsr = resp[3], resp[4]
+    assert isinstance(sa_i, SaPayload) and isinstance(sa_r, SaPayload)
+    assert isinstance(tsi, TsI) and isinstance(tsr, TsR)
+    t = {tr.type: (tr.id, tr.key_length) for tr in sa_r.proposals[0].transforms}
+    e = encr(*t[1])
+    i = integ(t[3][0]) if 3 in t and t[3][0] else None
+    keys = ikev2_child_keymat(ex.prf, ex.keys.sk_d, ex.ni, ex.nr, e.key_len, i.key_len if i else 0)
+    sad = {"10.99.0.1": Sad(), "10.99.0.2": Sad()}
+    # initiator -> responder: the responder's SPI, the "i" keys; and the other way round
+    for spi, owner, peer, ek, ak, ts_src, ts_dst in (
+        (sa_r.proposals[0].spi, "10.99.0.2", "10.99.0.1", keys.encr_i, keys.integ_i, tsi, tsr),
+        (sa_i.proposals[0].spi, "10.99.0.1", "10.99.0.2", keys.encr_r, keys.integ_r, tsr, tsi),
+    ):
+        params = ChildSaParams(
+            spi=int.from_bytes(spi, "big"),
+            protocol=IpsecProtocol.ESP,
+            mode=Mode.TUNNEL,
+            src=peer,
+            dst=owner,
+            encr_id=e.id,
+            encr_key_bits=e.key_bits,
+            encr_key=ek,
+            integ_id=i.id if i else None,
+            integ_key=ak,
+            encap=(4500, 4500),
+            ts_src=tuple(ts_src.selectors),
+            ts_dst=tuple(ts_dst.selectors),
+        )
+        sad[owner].install(params, inbound=True, now=0.0)
+    esp = ex.cap.esp
+    assert len(esp) == 4
+    for d in esp:
+        verdict, inner, _sa = sad[d.dst[0]].unprotect(d.ip, 0.0)
+        assert verdict == Verdict.DELIVERED, verdict
+        assert inner[9] == 1  # ICMP inside
+        assert {inner[12:16], inner[16:20]} == {bytes([10, 1, 0, 1]), bytes([10, 2, 0, 1])}
+    # a flipped bit in the first packet: the driver drops it
+    bad = bytearray(esp[0].ip)
+    bad[-1] ^= 1
+    assert sad[esp[0].dst[0]].unprotect(bytes(bad), 0.0)[0] != Verdict.DELIVERED
+
+
+def test_nat_detection_hashes(ex: Exchange) -> None:
+    """RFC 7296 §2.23: our NAT-D hash of each address equals the one strongSwan logged and
+    sent; the responder's NATD_SOURCE_IP does not match its address (libipsec fakes a NAT),
+    so we too would conclude "remote host is behind NAT" and float to 4500."""
+    from reference_impl.ike.types import natd_hash
+
+    req, resp = ex.msgs[0], ex.msgs[1]
+    spi_i, spi_r = req.spi_i, resp.spi_r
+    dst = req.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
+    assert dst is not None and dst.data == natd_hash(spi_i, bytes(8), ("10.99.0.2", 500))
+    assert ex.cap.dump("natd_hash", 1) == dst.data
+    # the initiator's own source hash is faked too (strongSwan with libipsec)
+    src = req.notify(NotifyType.NAT_DETECTION_SOURCE_IP)
+    assert src is not None and src.data != natd_hash(spi_i, bytes(8), ("10.99.0.1", 500))
+    r_src = resp.notify(NotifyType.NAT_DETECTION_SOURCE_IP)
+    r_dst = resp.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
+    assert r_src is not None and r_dst is not None
+    assert r_dst.data == natd_hash(spi_i, spi_r, ("10.99.0.1", 500))  # no NAT on our side
+    assert r_src.data != natd_hash(spi_i, spi_r, ("10.99.0.2", 500))  # "remote behind NAT"
+    assert "remote host is behind NAT" in ex.cap.log

@@ -1243,6 +1243,28 @@ class IsakmpService:
             raise RemoteProtocolError(
                 "HASH(1) mismatch", notify=NotifyType.INVALID_HASH_INFORMATION
             )
+        try:
+            self._quick_r1_accept(sa, q, payloads, next_iv, data, now)
+        except RemoteProtocolError as e:
+            # refuse in a protected Informational naming the initiator's SA, as strongSwan does
+            sa_p = _find(payloads, SaPayload)
+            proto: int = ProtocolId.PROTO_ISAKMP
+            spi = sa.ike_sa_id
+            if sa_p is not None and sa_p.proposals:
+                proto, spi = sa_p.proposals[0].protocol_id, sa_p.proposals[0].spi
+            if e.notify is not None:
+                self._send_info(sa, [NotifyPayload(e.notify, proto, spi)], now)
+            raise
+
+    def _quick_r1_accept(
+        self,
+        sa: _Phase1,
+        q: _Quick,
+        payloads: tuple[AnyPayload, ...],
+        next_iv: bytes,
+        data: bytes,
+        now: float,
+    ) -> None:
         sa_p = _find(payloads, SaPayload)
         nonce = _find(payloads, NoncePayload)
         if sa_p is None or nonce is None:
@@ -1261,13 +1283,9 @@ class IsakmpService:
             ts_i, ts_r = host_selector(sa.peer[0]), host_selector(sa.local_addr)
         cfg = self._find_child(sa.conn, local=ts_r, remote=ts_i)
         udp_encap = sa.natt is not None and sa.nat
-        try:
-            prop, transform, choice = select_phase2(
-                sa_p, cfg.transforms, cfg.mode, udp_encap, cfg.pfs_group
-            )
-        except RemoteProtocolError as e:
-            self._send_info_notify(sa, e.notify or NotifyType.NO_PROPOSAL_CHOSEN, now)
-            raise
+        prop, transform, choice = select_phase2(
+            sa_p, cfg.transforms, cfg.mode, udp_encap, cfg.pfs_group
+        )
         if (ke is None) != (choice.pfs_group is None):
             raise RemoteProtocolError(
                 "KE presence does not match the PFS group",
@@ -1543,10 +1561,6 @@ class IsakmpService:
         """The CBC block Informational IVs derive from (RFC 2409 Appendix B): the last one of
         phase 1, or during phase 1 the current phase-1 IV (as strongSwan does for errors)."""
         return sa.last_p1_block if sa.established else sa.iv
-
-    def _send_info_notify(self, sa: _Phase1, notify: int, now: float) -> None:
-        if sa.established:
-            self._send_info(sa, [NotifyPayload(notify, ProtocolId.PROTO_ISAKMP, sa.ike_sa_id)], now)
 
     def _send_plain_notify(
         self, msg: Message, addr: Address, local_port: int, local_addr: str, notify: int

@@ -1659,30 +1659,31 @@ class IsakmpService:
                 if sa.dpd_retx:
                     sa.dpd_retx.stop()
         elif n.notify_type < 16384:
-            # an error about one of our Quick Modes
-            for q in list(sa.quick.values()):
-                if q.initiator and not q.done:
-                    reason = (
-                        FailureReason.NO_PROPOSAL_CHOSEN
-                        if n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN
-                        else FailureReason.TS_UNACCEPTABLE
-                        if n.notify_type == NotifyType.INVALID_ID_INFORMATION
-                        else FailureReason.PROTOCOL_ERROR
+            # an error about one of our Quick Modes: the one whose SPI it names, else all
+            pending = [q for q in sa.quick.values() if q.initiator and not q.done]
+            named = [q for q in pending if len(n.spi) == 4 and n.spi in q.my_spis.values()]
+            for q in named or pending:
+                reason = (
+                    FailureReason.NO_PROPOSAL_CHOSEN
+                    if n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN
+                    else FailureReason.TS_UNACCEPTABLE
+                    if n.notify_type == NotifyType.INVALID_ID_INFORMATION
+                    else FailureReason.PROTOCOL_ERROR
+                )
+                self._emit(
+                    NegotiationFailed(
+                        reason,
+                        f"peer sent {_notify_name(n.notify_type)}",
+                        sa.peer,
+                        True,
+                        sa.ike_sa_id,
+                        q.acquire_id,
+                        n.notify_type,
                     )
-                    self._emit(
-                        NegotiationFailed(
-                            reason,
-                            f"peer sent {_notify_name(n.notify_type)}",
-                            sa.peer,
-                            True,
-                            sa.ike_sa_id,
-                            q.acquire_id,
-                            n.notify_type,
-                        )
-                    )
-                    if q.rekey_of is not None:
-                        q.rekey_of.rekeying = False
-                    del sa.quick[q.msgid]
+                )
+                if q.rekey_of is not None:
+                    q.rekey_of.rekeying = False
+                del sa.quick[q.msgid]
         # CONNECTED (commit bit), RESPONDER-LIFETIME, INITIAL-CONTACT here: nothing to do
 
     def _delete_received(self, sa: _Phase1, d: DeletePayload, now: float) -> None:

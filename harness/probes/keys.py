@@ -312,20 +312,28 @@ class KeySet:
 
     @classmethod
     def from_node_sas(
-        cls, sas: Iterable[Mapping[str, Any]], *, source: str = "reference"
+        cls, dump: Mapping[str, Any] | Iterable[Mapping[str, Any]], *, source: str = "reference"
     ) -> KeySet:
-        """From a reference node's ``list_sas`` answer with keys (``/work/notes/oracle-keys.md``).
+        """From a reference node's ``list_sas`` answer with ``keys: true``
+        (``reference_impl/node/sadump.py``; the shape is in ``/work/notes/oracle-keys.md``).
 
-        Each IKE SA: ``version``, ``spi_i``, ``spi_r`` (hex), ``initiator``, ``local``/``remote``
-        (``"addr:port"`` or ``"addr"``), ``encr`` (``{"id", "key_bits"}``), ``integ``, ``prf``,
-        ``dh``, ``keys`` (hex: IKEv2 ``sk_d`` .. ``sk_pr``; IKEv1 ``skeyid``, ``skeyid_d``,
-        ``skeyid_a``, ``skeyid_e``, ``enc_key``, optional ``iv``), ``child_sas``: each with
-        ``name``, ``protocol`` (``"esp"``/``"ah"``), ``mode``, ``esn``, ``encap``, ``encr``,
-        ``integ`` and ``inbound``/``outbound``: ``spi``, ``src``, ``dst``, ``encr_key``,
-        ``integ_key``, ``ts_src``, ``ts_dst``.
+        ``dump`` is the whole answer (``{"ike_sas": [...], "child_sas": [...]}``) or a list of
+        IKE SA entries. IKE SA: ``version``, ``spi_i``, ``spi_r`` (hex), ``encr``
+        (``{"id", "key_bits"}``), ``integ``/``prf``/``dh`` (``{"id"}``, an id, a name or null),
+        ``keys`` (hex: IKEv2 ``sk_d`` .. ``sk_pr``; IKEv1 ``skeyid``, ``skeyid_d``,
+        ``skeyid_a``, ``skeyid_e``, ``enc_key``, optional ``iv``), ``child_sas`` (nested).
+        Child SA: ``name``, ``protocol`` (``esp``/``ah``), ``mode``, ``esn``, ``encap``,
+        ``encr``, ``integ``, ``ike_sa_id`` and ``inbound``/``outbound``: ``spi``, ``src``,
+        ``dst``, ``encr``/``integ`` (with ``key``) or ``encr_key``/``integ_key``, ``encap``,
+        ``ts_src``, ``ts_dst``.
         """
         out = cls()
-        for sa in sas:
+        if isinstance(dump, Mapping):
+            ike_list = list(dump.get("ike_sas", []) or [])
+            flat = list(dump.get("child_sas", []) or [])
+        else:
+            ike_list, flat = list(dump), []
+        for sa in ike_list:
             version = int(sa.get("version", 2))
             keys = sa.get("keys") or {}
             e_id, e_bits = _alg(sa.get("encr"))
@@ -333,51 +341,68 @@ class KeySet:
             p_id, _ = _alg(sa.get("prf"))
             d_id, _ = _alg(sa.get("dh"))
             spi_i = _bytes(sa.get("spi_i")) or None
-            entry = IkeSaEntry(
-                version=version,
-                spi_i=spi_i,
-                spi_r=_bytes(sa.get("spi_r")) or None,
-                encr_id=e_id,
-                encr_key_bits=e_bits,
-                integ_id=i_id,
-                prf_id=p_id,
-                dh_id=d_id,
-                name=str(sa.get("name", "")),
-                source=source,
-                **{k: _bytes(keys.get(k)) for k in _KEY_FIELDS if keys.get(k)},
+            secrets = {k: _bytes(keys.get(k)) for k in _KEY_FIELDS if keys.get(k)}
+            if version == 1 and "enc_key" not in secrets and keys.get("encryption_key"):
+                secrets["enc_key"] = _bytes(keys["encryption_key"])
+            out.add_ike(
+                IkeSaEntry(
+                    version=version,
+                    spi_i=spi_i,
+                    spi_r=_bytes(sa.get("spi_r")) or None,
+                    encr_id=e_id,
+                    encr_key_bits=e_bits,
+                    integ_id=i_id or None,
+                    prf_id=p_id,
+                    dh_id=d_id,
+                    name=str(sa.get("name") or sa.get("config") or ""),
+                    source=source,
+                    **secrets,
+                )
             )
-            out.add_ike(entry)
             for child in sa.get("child_sas", []) or []:
-                proto = IpsecProtocol[str(child.get("protocol", "esp")).upper()]
-                ce_id, ce_bits = _alg(child.get("encr"))
-                ci_id, _ = _alg(child.get("integ"))
-                mode = Mode(child["mode"]) if child.get("mode") else None
-                for direction in ("inbound", "outbound"):
-                    d = child.get(direction)
-                    if not d:
-                        continue
-                    out.add_ipsec(
-                        IpsecSaEntry(
-                            protocol=proto,
-                            spi=_spi(d["spi"]),
-                            src=_host(d.get("src")),
-                            dst=_host(d.get("dst")),
-                            encr_id=ce_id,
-                            encr_key_bits=ce_bits,
-                            encr_key=_bytes(d.get("encr_key")),
-                            integ_id=ci_id,
-                            integ_key=_bytes(d.get("integ_key")),
-                            esn=child.get("esn"),
-                            mode=mode,
-                            encap=bool(child["encap"]) if "encap" in child else None,
-                            ts_src=_selectors(d.get("ts_src")),
-                            ts_dst=_selectors(d.get("ts_dst")),
-                            ike_spi_i=spi_i,
-                            name=str(child.get("name", "")),
-                            source=source,
-                        )
-                    )
+                out._add_node_child(child, spi_i, source)
+        for child in flat:
+            ike_id = _bytes(child.get("ike_sa_id"))
+            out._add_node_child(child, ike_id[:8] or None, source)
         return out
+
+    def _add_node_child(
+        self, child: Mapping[str, Any], ike_spi_i: bytes | None, source: str
+    ) -> None:
+        proto = IpsecProtocol[str(child.get("protocol", "esp")).upper()]
+        mode = Mode(child["mode"]) if child.get("mode") else None
+        for direction in ("inbound", "outbound"):
+            d = child.get(direction)
+            if not d:
+                continue
+            e_obj = d.get("encr") or child.get("encr")
+            i_obj = d.get("integ") or child.get("integ")
+            e_id, e_bits = _alg(e_obj)
+            i_id, _ = _alg(i_obj)
+            ekey = d.get("encr_key") or (e_obj.get("key") if isinstance(e_obj, Mapping) else None)
+            ikey = d.get("integ_key") or (i_obj.get("key") if isinstance(i_obj, Mapping) else None)
+            encap = d.get("encap", child.get("encap"))
+            self.add_ipsec(
+                IpsecSaEntry(
+                    protocol=proto,
+                    spi=_spi(d["spi"]),
+                    src=_host(d.get("src")),
+                    dst=_host(d.get("dst")),
+                    encr_id=e_id if proto == IpsecProtocol.ESP else None,
+                    encr_key_bits=e_bits,
+                    encr_key=_bytes(ekey),
+                    integ_id=i_id or None,
+                    integ_key=_bytes(ikey),
+                    esn=d.get("esn", child.get("esn")),
+                    mode=mode,
+                    encap=None if encap is None else bool(encap),
+                    ts_src=_selectors(d.get("ts_src")),
+                    ts_dst=_selectors(d.get("ts_dst")),
+                    ike_spi_i=ike_spi_i,
+                    name=str(child.get("name") or ""),
+                    source=source,
+                )
+            )
 
     @classmethod
     def from_sa_keys(

@@ -1668,6 +1668,8 @@ class IsakmpService:
                     if n.notify_type == NotifyType.NO_PROPOSAL_CHOSEN
                     else FailureReason.TS_UNACCEPTABLE
                     if n.notify_type == NotifyType.INVALID_ID_INFORMATION
+                    else FailureReason.INVALID_KE_PAYLOAD
+                    if n.notify_type == NotifyType.INVALID_KEY_INFORMATION
                     else FailureReason.PROTOCOL_ERROR
                 )
                 self._emit(

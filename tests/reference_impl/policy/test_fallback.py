@@ -576,7 +576,7 @@ policy:
     assert w.esp(REQ)[-1].t == 4.0 and not [c for c in w.clear(REQ) if c.t >= 3.0]
 
 
-def test_FB_meta_probe_counts_are_exact() -> None:
+def test_sim_probes_land_on_exact_tenths() -> None:
     """Sanity check of the harness itself: probes land on exact tenths."""
     w = world(peer=REQ)
     w.probes(0.0, 1.0, dst=REQ)

@@ -101,6 +101,8 @@ from reference_impl.sa import (
 )
 
 ZERO_SPI = b"\0" * 8
+_NATD_SRC = int(NotifyType.NAT_DETECTION_SOURCE_IP)
+_NATD_DST = int(NotifyType.NAT_DETECTION_DESTINATION_IP)
 P = TypeVar("P", bound=Payload)
 N = NotifyType
 _IKE_SA_INIT = ExchangeType.IKE_SA_INIT
@@ -212,6 +214,68 @@ class _ChildRequest:
 class IkeSa:
     """One IKE SA (RFC 7296), from IKE_SA_INIT to its deletion, either role."""
 
+    __slots__ = (
+        "_after_close",
+        "_after_close_silent",
+        "_closed_reason",
+        "_first_child",
+        "_frags",
+        "_init_rt",
+        "_peer_done",
+        "_rekey_collision",
+        "_rekey_task",
+        "_retry_tasks",
+        "acquire_id",
+        "candidates",
+        "children",
+        "config",
+        "cookie",
+        "created",
+        "ctx",
+        "dh_group",
+        "encr_alg",
+        "expire_at",
+        "half_open_until",
+        "init_request",
+        "init_response",
+        "initiator",
+        "integ_alg",
+        "kex",
+        "keys",
+        "last_seen",
+        "last_sent",
+        "linger_until",
+        "local",
+        "local_id",
+        "nat_local",
+        "nat_remote",
+        "next_mid",
+        "nonce_i",
+        "nonce_r",
+        "outstanding",
+        "peer_certreq",
+        "peer_frag",
+        "peer_hashes",
+        "peer_id",
+        "peer_next_mid",
+        "peer_window",
+        "prf",
+        "protection",
+        "queue",
+        "rekey_at",
+        "rekeyed_into",
+        "remote",
+        "replied",
+        "responses",
+        "retry_at",
+        "rng",
+        "selected",
+        "settings",
+        "spi_i",
+        "spi_r",
+        "state",
+    )
+
     def __init__(
         self,
         ctx: SaContext,
@@ -283,6 +347,10 @@ class IkeSa:
         self.rekeyed_into: IkeSa | None = None
         self._closed_reason = ""
         self.candidates: list[PeerConfig] = []
+        self._after_close = ""
+        self._after_close_silent = False
+        self.encr_alg: EncrAlgorithm | None = None
+        self.integ_alg: IntegAlgorithm | None = None
 
     # --- identity ---------------------------------------------------------------------------------
 
@@ -391,8 +459,14 @@ class IkeSa:
         ]
 
     def _check_natd(self, msg: Message, spi_r_for_hash: bytes) -> None:
-        srcs = [n.data for n in msg.notifies() if n.notify_type == N.NAT_DETECTION_SOURCE_IP]
-        dsts = [n.data for n in msg.notifies() if n.notify_type == N.NAT_DETECTION_DESTINATION_IP]
+        srcs: list[bytes] = []
+        dsts: list[bytes] = []
+        for p in msg.payloads:
+            if type(p) is NotifyPayload:
+                if p.notify_type == _NATD_SRC:
+                    srcs.append(p.data)
+                elif p.notify_type == _NATD_DST:
+                    dsts.append(p.data)
         if not srcs or not dsts:
             return
         self.nat_remote = natd_hash(self.spi_i, spi_r_for_hash, self.remote) not in srcs
@@ -630,8 +704,8 @@ class IkeSa:
         )
         self.selected = sel
         self.prf = p
-        self.encr_alg: EncrAlgorithm = e
-        self.integ_alg: IntegAlgorithm | None = i
+        self.encr_alg = e
+        self.integ_alg = i
         self.protection = SkProtection(e, i, self.keys, self.initiator, self.rng)
 
     # --- receiving --------------------------------------------------------------------------------
@@ -793,7 +867,8 @@ class IkeSa:
         assert self.protection is not None
         first, inner = encode_chain(payloads)
         cfg = self.config
-        if self.peer_frag and cfg is not None and msg.exchange_type != _IKE_SA_INIT:
+        # (the quick test: an inner size far below the limit never needs the exact one)
+        if self.peer_frag and cfg is not None and len(inner) + 160 > cfg.fragment_size:
             ip_overhead = (20 if ":" not in self.remote[0] else 40) + 8
             if self.local[1] == self.settings.natt_port:
                 ip_overhead += 4
@@ -1947,8 +2022,6 @@ class IkeSa:
                         )
         return response
 
-    _after_close = ""
-
     def _after_response(self, now: float) -> None:
         if self._after_close:
             reason, self._after_close = self._after_close, ""
@@ -1962,8 +2035,6 @@ class IkeSa:
             self._after_close_silent = True
             return
         self._after_close = "deleted by peer"
-
-    _after_close_silent = False
 
     # --- public operations ------------------------------------------------------------------------
 

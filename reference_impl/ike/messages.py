@@ -100,7 +100,7 @@ class Message:
         """The still-encrypted SK/SKF payload, when this message was decoded with one."""
         if self.payloads:
             last = self.payloads[-1]
-            if isinstance(last, EncryptedPayload | EncryptedFragmentPayload):
+            if type(last) is EncryptedPayload or type(last) is EncryptedFragmentPayload:
                 return last
         return None
 

@@ -140,17 +140,16 @@ class IkeService:
 
     def _flush_dirty(self) -> None:
         dirty, self._dirty = self._dirty, []
-        seen: set[int] = set()
+        if len(dirty) > 1:
+            dirty = list(dict.fromkeys(dirty))
+        timer_of = self._timer_of
         for sa in dirty:
             key = id(sa)
-            if key in seen:
-                continue
-            seen.add(key)
             t = sa.get_timer()
             if t is None:
-                self._timer_of.pop(key, None)
+                timer_of.pop(key, None)
                 continue
-            if self._timer_of.get(key) == t:
+            if timer_of.get(key) == t:
                 continue
             if self._sas.get(sa.local_spi) is not sa and sa.state != IkeState.CLOSED:
                 continue

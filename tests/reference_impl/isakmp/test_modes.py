@@ -7,7 +7,12 @@ import dataclasses
 
 import pytest
 
-from reference_impl.crypto.ids import DhId
+from reference_impl.crypto.ids import (
+    DhId,
+    Ikev1AhTransformId,
+    Ikev1AuthAlgorithm,
+    Ikev1EspTransformId,
+)
 from reference_impl.events import (
     ChildSaEstablished,
     FailureReason,
@@ -16,7 +21,8 @@ from reference_impl.events import (
 )
 from reference_impl.isakmp.codec import KePayload, decode_message
 from reference_impl.isakmp.constants import ExchangeType, VendorId
-from reference_impl.sa import Mode
+from reference_impl.isakmp.proposals import Phase2Transform
+from reference_impl.sa import IpsecProtocol, Mode
 from tests.reference_impl.isakmp.algs import AH_SHA256, ESP_GCM
 from tests.reference_impl.isakmp.link import Link, child, conn_pair, make_link
 
@@ -371,3 +377,71 @@ def test_negotiated_pairs_carry_traffic_in_the_driver(force_encap: bool, transfo
         assert (wire[9] == 17) == force_encap  # UDP-encapsulated ESP or raw ESP (50)
         v2, inner, _ = sad_rx.unprotect(wire, 1.0)
         assert v2 == Verdict.DELIVERED and inner == pkt
+
+
+@pytest.mark.parametrize(
+    ("encryption", "key_bits", "hash_alg", "group"),
+    [
+        (5, None, 2, DhId.MODP_1024),  # 3DES: 8-octet blocks, 24-octet key > SHA1's 20: expansion
+        (7, 256, 1, DhId.MODP_1536),  # AES-256 with MD5: key expanded from a 16-octet SKEYID_e
+        (7, 128, 6, DhId.ECP_384),
+        (7, 192, 5, DhId.CURVE25519),
+        (7, 256, 4, DhId.ECP_521),
+    ],
+)
+def test_phase1_suites(encryption: int, key_bits: int | None, hash_alg: int, group: int) -> None:
+    """RFC 2409 Appendix A attributes and Appendix B key expansion across the registry."""
+    from reference_impl.isakmp.constants import AuthMethod
+    from reference_impl.isakmp.proposals import Phase1Transform
+
+    t = Phase1Transform(encryption, key_bits, hash_alg, AuthMethod.PRE_SHARED_KEY, group)
+    link = make_link(conn_pair(props_a=(t,), props_b=(t,), dpd_delay=None))
+    link.b.initiate("t", 0.0)
+    link.pump(until=5)
+    _ok(link)
+    keys = link.a.phase1_keys(link.a.ike_sa_ids()[0])
+    assert keys == link.b.phase1_keys(link.b.ike_sa_ids()[0])
+    want = {5: 24, 7: (key_bits or 0) // 8}[encryption]
+    assert len(keys["encryption_key"]) == want
+
+
+ESP = IpsecProtocol.ESP
+_p2 = Phase2Transform
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        _p2(ESP, Ikev1EspTransformId.ESP_3DES, None, Ikev1AuthAlgorithm.HMAC_SHA),
+        _p2(ESP, Ikev1EspTransformId.ESP_AES_CTR, 256, Ikev1AuthAlgorithm.HMAC_SHA2_512),
+        _p2(ESP, Ikev1EspTransformId.ESP_NULL, None, Ikev1AuthAlgorithm.HMAC_SHA2_256),
+        _p2(ESP, Ikev1EspTransformId.ESP_AES_GCM_8, 128, None),
+        _p2(ESP, Ikev1EspTransformId.ESP_AES_CCM_16, 192, None),
+        _p2(ESP, Ikev1EspTransformId.ESP_AES_CBC, 256, Ikev1AuthAlgorithm.AES_XCBC_MAC),
+        _p2(IpsecProtocol.AH, Ikev1AhTransformId.AH_SHA, None, Ikev1AuthAlgorithm.HMAC_SHA),
+    ],
+    ids=lambda t: t.name(),
+)  # fmt: skip
+def test_phase2_transforms_carry_traffic(transform: Phase2Transform) -> None:
+    """IPsec DOI transforms map onto the registry's IKEv2 IDs and key sizes (RFC 2409 §5.5
+    KEYMAT length = encryption key incl. salt + integrity key), and the driver accepts them."""
+    from reference_impl.driver import Sad, Verdict
+
+    kw = {"transforms": (transform,)}
+    a, b = conn_pair(
+        child_a=child(**kw), child_b=child("c", "10.2.0.0/24", "10.1.0.0/24", **kw), dpd_delay=None
+    )
+    link = make_link((a, b))
+    link.a.initiate("t", 0.0)
+    link.pump(until=5)
+    ca, cb = _ok(link)
+    elen, ilen = transform.keymat_len()
+    assert len(ca.pair.outbound.encr_key) == elen and len(ca.pair.outbound.integ_key) == ilen
+    sad_a, sad_b = Sad(), Sad()
+    _, out_a = sad_a.install_pair(ca.pair, 0.0)
+    sad_b.install_pair(cb.pair, 0.0)
+    pkt = _ipv4_udp("10.1.0.5", "10.2.0.7", b"x" * 33)
+    verdict, wire = out_a.protect(pkt, 1.0)
+    assert verdict == Verdict.DELIVERED
+    v2, inner, _ = sad_b.unprotect(wire, 1.0)
+    assert v2 == Verdict.DELIVERED and inner == pkt

@@ -144,6 +144,36 @@ def test_ikev1_main_mode_and_quick_mode_with_pfs(
     assert ck_i.outbound() == ck_r.inbound()
 
 
+def test_ikev1_aggressive_mode_psk(
+    pair: Topology, swans: tuple[StrongSwanPeer, StrongSwanPeer]
+) -> None:
+    """peers.md §2: works once the responder allows Aggressive Mode with a PSK."""
+    a, b = pair.node("a"), pair.node("b")
+    ini, resp = swans
+    scenario = Scenario.between(a, b, ike_version=1, aggressive=True)
+    ini.configure(scenario)
+    resp.configure(scenario)
+    ini.initiate(timeout=10)
+    assert _established(ini.list_sas())
+    assert "initiating Aggressive Mode IKE_SA" in ini.log_path.read_text()
+    assert _ping(a, b)
+
+
+def test_ikev2_over_ipv6(pair: Topology, swans: tuple[StrongSwanPeer, StrongSwanPeer]) -> None:
+    a, b = pair.node("a"), pair.node("b")
+    ini, resp = swans
+    scenario = Scenario.between(a, b, family=6)
+    ini.configure(scenario)
+    resp.configure(scenario)
+    ini.initiate(timeout=10)
+    (sa,) = ini.list_sas()
+    assert (sa.local, sa.remote) == (a.addresses.v6, b.addresses.v6)
+    assert sa.children[0].local_ts == (f"{a.addresses.inner_v6}/128",)
+    assert a.addresses.inner_v6 and b.addresses.inner_v6
+    argv = ["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", "-I", a.addresses.inner_v6]
+    assert a.exec([*argv, b.addresses.inner_v6]).ok
+
+
 def test_child_and_ike_rekey_keep_the_tunnel(
     pair: Topology, swans: tuple[StrongSwanPeer, StrongSwanPeer]
 ) -> None:

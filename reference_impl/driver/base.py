@@ -140,6 +140,7 @@ class SecurityAssociation:
         "_next_octets",
         "_next_packets",
         "_next_time",
+        "_packets",
         "_prepared",
         "expired",
         "inbound",
@@ -147,7 +148,6 @@ class SecurityAssociation:
         "mode",
         "octets",
         "options",
-        "packets",
         "params",
         "protocol",
         "selectors",
@@ -173,7 +173,7 @@ class SecurityAssociation:
         self.inbound = inbound
         self.options = options
         self.installed = now
-        self.packets = 0
+        self._packets = 0
         self.octets = 0
         self._drops: list[int] | None = None
         self.soft_expired = False
@@ -279,10 +279,19 @@ class SecurityAssociation:
         pending = [self.installed + t for t in times if t is not None]
         return min(pending) if pending else None
 
+    @property
+    def packets(self) -> int:
+        """Packets processed (delivered or sent) on this SA."""
+        return self._packets
+
     def _account(self, octets: int, now: float) -> None:
         """Count one processed packet and raise the count-based lifetime events it reaches."""
-        p = self.packets = self.packets + 1
+        p = self._packets = self._packets + 1
         b = self.octets = self.octets + octets
+        if p >= self._next_packets or b >= self._next_octets:
+            self._check_counts(p, b, now)
+
+    def _check_counts(self, p: int, b: int, now: float) -> None:
         if p >= self._next_packets or b >= self._next_octets:
             lt = self.params.lifetime
             if lt.soft_packets is not None and p >= lt.soft_packets:

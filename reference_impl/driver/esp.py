@@ -82,6 +82,10 @@ def _trailers(align: int, next_header: int) -> tuple[bytes, ...]:
 
 TRAILERS_IPV4 = _trailers(4, IPPROTO_IPIP)
 """Trailers of an IPv4 inner packet under a 4-octet-aligned (stream/AEAD) cipher."""
+_TRAILERS_TL4 = tuple((t, len(t) + 52) for t in TRAILERS_IPV4)
+"""(trailer, octets the fast path adds to the inner length: 20 IPv4 + 8 ESP + 8 IV + trailer
++ 16 ICV)."""
+_DELIVERED = Verdict.DELIVERED
 
 
 _Seal = Callable[[bytes, bytes, bytes], bytes]
@@ -200,8 +204,14 @@ class OutboundSa(SecurityAssociation):
         self.seq = seq - 1
         self._recompute()
 
+    @property
+    def packets(self) -> int:
+        """Packets sent: one per sequence number used (the fast path counts nothing else)."""
+        return self.seq - self._seq0
+
     def _after_send(self, seq: int, octets: int, now: float) -> None:
-        self._account(octets, now)
+        self.octets += octets
+        self._check_counts(seq - self._seq0, self.octets, now)
         if seq >= self._seq_soft:
             self._soft(LifetimeKind.SEQUENCE, now)
         if seq >= self._seq_max:
@@ -498,6 +508,7 @@ _HDR4_ESP = struct.Struct(">HHHHHH12sIQ")
 """Outer IPv4 header + ESP header + 8-octet IV in one pack (the fast path): version/IHL|TOS,
 total length, identification, flags/fragment, TTL|protocol, checksum, src|dst|SPI, sequence
 number, IV."""
+_PACK_HDR4_ESP = _HDR4_ESP.pack
 
 
 class _EspOutboundFast4(EspOutbound):
@@ -537,13 +548,12 @@ class _EspOutboundFast4(EspOutbound):
             return self._protect_slow(packet, now)
         self.seq = seq
         self.octets = octets
-        self.packets += 1
-        tr = TRAILERS_IPV4[n & 3]
-        tl = n + len(tr) + 52  # 20 IPv4 + 8 ESP + 8 IV + 16 ICV
+        tr, tl = _TRAILERS_TL4[n & 3]
+        tl += n
         tos = packet[1]
         frag = (packet[6] & 0x40) << 8
         ident = seq & 0xFFFF
-        hdr = _HDR4_ESP.pack(
+        hdr = _PACK_HDR4_ESP(
             0x4500 | tos,
             tl,
             ident,
@@ -554,7 +564,7 @@ class _EspOutboundFast4(EspOutbound):
             seq,
             seq,
         )
-        return Verdict.DELIVERED, hdr + self._seal(hdr[28:], packet + tr, hdr[20:28])
+        return _DELIVERED, hdr + self._seal(hdr[28:], packet + tr, hdr[20:28])
 
 
 def make_esp_outbound(
@@ -595,10 +605,8 @@ class EspInbound(SecurityAssociation):
         "_mac",
         "_open",
         "fast4",
-        "sel_dst_hi",
-        "sel_dst_lo",
-        "sel_src_hi",
-        "sel_src_lo",
+        "sel_mask",
+        "sel_net",
         "window",
     )
 
@@ -634,11 +642,15 @@ class EspInbound(SecurityAssociation):
         simple = self.selectors.simple
         if self.selectors.match_all:
             simple = (4, 0, _M32, 0, _M32)
+        self.sel_mask = self.sel_net = -1
+        """IPv4 prefix selectors as one 64-bit mask and value over source|destination: the
+        fast path checks both with ``(src << 32 | dst) & sel_mask == sel_net``."""
         if simple is not None and simple[0] == 4:
-            _, self.sel_src_lo, self.sel_src_hi, self.sel_dst_lo, self.sel_dst_hi = simple
-        else:
-            self.sel_src_lo = self.sel_dst_lo = 1
-            self.sel_src_hi = self.sel_dst_hi = 0
+            smask = _prefix_mask(simple[1], simple[2])
+            dmask = _prefix_mask(simple[3], simple[4])
+            if smask is not None and dmask is not None:
+                self.sel_mask = (smask << 32) | dmask
+                self.sel_net = (simple[1] << 32) | simple[3]
         self.fast4 = (
             alg.id
             in (EncrId.ENCR_AES_GCM_16, EncrId.ENCR_CHACHA20_POLY1305, EncrId.ENCR_AES_CCM_16)
@@ -646,8 +658,7 @@ class EspInbound(SecurityAssociation):
             and params.mode == Mode.TUNNEL
             and params.replay_window > 0
             and options.check_padding
-            and simple is not None
-            and simple[0] == 4
+            and self.sel_net >= 0
         )
         """Whether ``Sad.unprotect``'s IPv4 fast path may handle this SA."""
 
@@ -755,6 +766,14 @@ class EspInbound(SecurityAssociation):
                 return self._drop(Verdict.SELECTOR_MISMATCH, d, now, seq), b""
         self._account(len(inner), now)
         return Verdict.DELIVERED, inner
+
+
+def _prefix_mask(lo: int, hi: int) -> int | None:
+    """The IPv4 netmask when [lo, hi] is exactly one prefix, else None."""
+    size = hi - lo + 1
+    if size & (size - 1) or lo & (size - 1):
+        return None
+    return ~(size - 1) & _M32
 
 
 def _ecn_of(inner: bytes) -> int:

@@ -84,7 +84,9 @@ class ReplayWindow:
     def update(self, seq: int) -> None:
         """Record a verified ``seq``; slides the window when it is right of ``replay_top``."""
         top = self.replay_top
-        if seq > top:
+        if seq == top + 1 and self.replay_bits == self.replay_mask:
+            self.replay_top = seq  # in order with a full window: the bitmap stays all ones
+        elif seq > top:
             if self.replay_size:
                 self.replay_bits = ((self.replay_bits << (seq - top)) | 1) & self.replay_mask
             self.replay_top = seq

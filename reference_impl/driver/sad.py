@@ -53,8 +53,10 @@ UnprotectResult = tuple[Verdict, bytes, SecurityAssociation | None]
 _OUTER4 = struct.Struct(">HH2xI10xII8x")
 """ESP over IPv4 without options: (version/IHL|TOS, total length, flags/fragment|TTL|protocol,
 SPI, sequence number); 36 octets so that a shorter datagram never reaches the fast path."""
-_INNER4 = struct.Struct(">BxH8xII")
-"""Inner IPv4 header: (version/IHL, total length, source, destination)."""
+_INNER4 = struct.Struct(">BxH8xQ")
+"""Inner IPv4 header: (version/IHL, total length, source << 32 | destination)."""
+_UNPACK_OUTER4 = _OUTER4.unpack_from
+_UNPACK_INNER4 = _INNER4.unpack_from
 _U32 = struct.Struct(">I")
 _H = struct.Struct(">H")
 _STOP = frozenset({IPPROTO_ESP, IPPROTO_AH})
@@ -69,6 +71,7 @@ class SecurityAssociationDatabase:
     __slots__ = (
         "_ah_in",
         "_ctx",
+        "_esp_fast",
         "_esp_in",
         "_heap",
         "_n_out",
@@ -80,6 +83,8 @@ class SecurityAssociationDatabase:
     def __init__(self, *, audit_limit: int = 4096, udp_encap_ports: tuple[int, ...] = (4500,)):
         self._ctx = DriverContext(audit_limit)
         self._esp_in: dict[int, EspInbound] = {}
+        self._esp_fast: dict[int, EspInbound] = {}
+        """The inbound ESP SAs the IPv4 fast path of ``unprotect`` handles (``fast4``)."""
         self._ah_in: dict[int, AhInbound] = {}
         self._out: dict[int, OutboundSa | list[OutboundSa]] = {}
         """Outbound SAs by (protocol, SPI) in installation order; a list when peers chose the
@@ -116,6 +121,8 @@ class SecurityAssociationDatabase:
                     raise LocalProtocolError(f"inbound ESP SPI {params.spi:#x} already installed")
                 esp = EspInbound(params, now, ctx, options)
                 self._esp_in[params.spi] = esp
+                if esp.fast4:
+                    self._esp_fast[params.spi] = esp
                 sa = esp
             elif params.protocol == IpsecProtocol.AH:
                 if params.spi in self._ah_in:
@@ -176,6 +183,8 @@ class SecurityAssociationDatabase:
             table = self._esp_in if sa.protocol == IpsecProtocol.ESP else self._ah_in
             if table.get(sa.spi) is sa:
                 del table[sa.spi]
+                if self._esp_fast.get(sa.spi) is sa:
+                    del self._esp_fast[sa.spi]
                 return True
             return False
         key = _key(sa.protocol, sa.spi)
@@ -335,14 +344,14 @@ class SecurityAssociationDatabase:
         packet (None when none did).
         """
         try:
-            vt, tl, w, spi, seq = _OUTER4.unpack_from(d)
+            vt, tl, w, spi, seq = _UNPACK_OUTER4(d)
         except struct.error:
             return self._unprotect_slow(d, now)
         # IPv4 without options, outer ECN Not-ECT/ECT(0), not a fragment, protocol ESP.
-        if vt & 0xFF01 != 0x4500 or w & 0x3FFF00FF != IPPROTO_ESP:
+        if vt & 0xFF01 != 0x4500 or w & 0x3FFF00FF != 50:
             return self._unprotect_slow(d, now)
-        sa = self._esp_in.get(spi)
-        if sa is None or not sa.fast4 or now >= sa._next_time:
+        sa = self._esp_fast.get(spi)
+        if sa is None or now >= sa._next_time:
             return self._unprotect_slow(d, now)
         win = sa.window
         top = win.replay_top
@@ -356,25 +365,26 @@ class SecurityAssociationDatabase:
             if tl != len(d):  # truncated or padded datagram: let the general path say so
                 return self._unprotect_slow(d, now)
             return sa._drop(_INTEGRITY, d, now, seq), b"", sa
-        if seq > top:
+        if seq == top + 1 and win.replay_bits == win.replay_mask:
+            win.replay_top = seq  # in order with a full window: the bitmap stays all ones
+        elif seq > top:
             win.replay_bits = ((win.replay_bits << (seq - top)) | 1) & win.replay_mask
             win.replay_top = seq
         else:
             win.replay_bits |= 1 << (top - seq)
         try:
-            vihl, itl, src, dst = _INNER4.unpack_from(pt)
+            vihl, itl, addrs = _UNPACK_INNER4(pt)
         except struct.error:
-            vihl = itl = src = dst = -1
+            vihl = itl = addrs = -1
         if (
             vihl == 0x45
             and pt[itl:] == TRAILERS_IPV4[itl & 3]
-            and sa.sel_src_lo <= src <= sa.sel_src_hi
-            and sa.sel_dst_lo <= dst <= sa.sel_dst_hi
+            and addrs & sa.sel_mask == sa.sel_net
         ):
-            p = sa.packets + 1
+            p = sa._packets + 1
             b = sa.octets + itl
             if p < sa._next_packets and b < sa._next_octets:
-                sa.packets = p
+                sa._packets = p
                 sa.octets = b
             else:
                 sa._account(itl, now)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -115,6 +116,176 @@ class NodeClient:
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"{what}: not within {timeout:g} s")
             time.sleep(interval)  # polling interval of a bounded wait, not synchronisation
+
+    # --- typed methods (one per control method; see ``methods()``) ----------------------------
+
+    def methods(self) -> dict[str, str]:
+        """Every control method the node offers, with its description."""
+        result: dict[str, str] = self.call("methods")
+        return result
+
+    def ping(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("ping")
+        return result
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("status")
+        return result
+
+    def wait_ready(self, timeout: float = 15.0, alive: Callable[[], bool] | None = None) -> None:
+        """Wait until the node answers ``ping`` (it binds its control socket last)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.ping()
+                return
+            except (NodeUnreachable, OSError):
+                self.close()
+            if alive is not None and not alive():
+                raise NodeUnreachable(f"the node at {self.path} exited before it was ready")
+            if time.monotonic() >= deadline:
+                raise NodeUnreachable(f"no node at {self.path} after {timeout:g} s")
+            time.sleep(0.02)  # polling interval of a bounded wait
+
+    def load_policy(self, *, path: str | None = None, text: str | None = None) -> dict[str, Any]:
+        """Load or replace the policy (a file on the node's host, or YAML text)."""
+        params = {"text": text} if text is not None else {"path": path}
+        result: dict[str, Any] = self.call("load_policy", **params)
+        return result
+
+    def get_policy(self) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self.call("get_policy")
+        return result
+
+    def set_credentials(self, **credentials: Any) -> dict[str, Any]:
+        """Replace credentials (the ``credentials`` section of a node configuration)."""
+        result: dict[str, Any] = self.call("set_credentials", **credentials)
+        return result
+
+    def set_ike(self, **ike: Any) -> dict[str, Any]:
+        """Replace IKE settings (the ``ike`` section, ports excepted)."""
+        result: dict[str, Any] = self.call("set_ike", **ike)
+        return result
+
+    def initiate(self, rule: str, *, peer: str | None = None, version: int | None = None) -> str:
+        """Start IKE for a policy rule now; returns the IKE SA ID (hex)."""
+        params: dict[str, Any] = {"rule": rule}
+        if peer is not None:
+            params["peer"] = peer
+        if version is not None:
+            params["version"] = version
+        return str(self.call("initiate", **params)["ike_sa_id"])
+
+    def terminate(self, ike_sa_id: str | None = None) -> int:
+        params = {"ike_sa_id": ike_sa_id} if ike_sa_id else {}
+        return int(self.call("terminate", **params)["deleted"])
+
+    def rekey_child(self, spi: int) -> None:
+        self.call("rekey_child", spi=spi)
+
+    def delete_child(self, spi: int) -> None:
+        self.call("delete_child", spi=spi)
+
+    def rekey_ike(self, ike_sa_id: str) -> None:
+        self.call("rekey_ike", ike_sa_id=ike_sa_id)
+
+    def liveness_check(self, ike_sa_id: str) -> None:
+        self.call("liveness_check", ike_sa_id=ike_sa_id)
+
+    def list_sas(self, keys: bool = False) -> dict[str, Any]:
+        """``{"ike_sas": [...], "child_sas": [...]}`` (shape: /work/notes/oracle-keys.md)."""
+        result: dict[str, Any] = self.call("list_sas", keys=keys)
+        return result
+
+    def counters(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("counters")
+        return result
+
+    def agent_state(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("agent_state")
+        return result
+
+    def audit(
+        self, since: float | None = None, kinds: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {}
+        if since is not None:
+            params["since"] = since
+        if kinds is not None:
+            params["kinds"] = list(kinds)
+        result: list[dict[str, Any]] = self.call("audit", **params)
+        return result
+
+    def audit_stream(
+        self, *, history: bool = False, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Audit records as the node writes them (a connection of its own)."""
+        return self.stream("audit_stream", timeout=timeout, history=history)
+
+    def events(self, since: float | None = None) -> list[dict[str, Any]]:
+        params = {"since": since} if since is not None else {}
+        result: list[dict[str, Any]] = self.call("events", **params)
+        return result
+
+    def driver_audit(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("driver_audit")
+        return result
+
+    def inject(self, packets: Iterable[bytes], direction: str = "out") -> int:
+        """Hand IP packets to the node: ``out`` from its local stack, ``in`` from the wire."""
+        hexed = [p.hex() for p in packets]
+        return int(self.call("inject", packets=hexed, direction=direction)["injected"])
+
+    def delivered(self, limit: int | None = None, peek: bool = False) -> list[Delivered]:
+        """Packets the node delivered to its local stack (api data plane), oldest first;
+        taken from the node's buffer unless ``peek``."""
+        items = self.call("delivered", max=limit, peek=peek)
+        return [
+            Delivered(i["time"], i["protected"], i["spi"], bytes.fromhex(i["packet"]))
+            for i in items
+        ]
+
+    def clock(self, mode: str | None = None) -> dict[str, Any]:
+        params = {"mode": mode} if mode is not None else {}
+        result: dict[str, Any] = self.call("clock", **params)
+        return result
+
+    def advance(self, seconds: float) -> float:
+        """Virtual clock: run the node's timers for ``seconds``; returns its new time."""
+        return float(self.call("advance", seconds=seconds)["now"])
+
+    def misbehave(self, name: str, value: Any = True) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("misbehave", name=name, value=value)
+        return result
+
+    def misbehaviours(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("misbehaviours")
+        return result
+
+    def set_next_seq(self, spi: int, seq: int) -> None:
+        self.call("set_next_seq", spi=spi, seq=seq)
+
+    def send_dummy(self, spi: int, length: int = 0) -> None:
+        self.call("send_dummy", spi=spi, length=length)
+
+    def shutdown(self) -> None:
+        """Ask the node to stop gracefully (Deletes sent, device and routes removed)."""
+        try:
+            self.call("shutdown")
+        except NodeUnreachable:
+            pass
+        self.close()
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One packet a node delivered to its local stack."""
+
+    time: float
+    protected: bool
+    """Arrived under ESP/AH (False: accepted in clear)."""
+    spi: int | None
+    packet: bytes
 
 
 class _Lines:

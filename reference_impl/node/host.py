@@ -208,6 +208,10 @@ class Host:
         self._v1_names: dict[tuple[object, ...], str] = {}
         self._sa_options = SaOptions()
         self._last_protect_sa: OutboundSa | None = None
+        self.on_event: Callable[[float, str, dict[str, Any]], None] | None = None
+        """Called with every recorded event (the runtime logs them)."""
+        self.timer_dirty = True
+        """Set whenever ``get_timer()`` may have changed (not by the cached data path)."""
         self.started = now
 
     # ============================================================================ configuration
@@ -295,6 +299,8 @@ class Host:
 
     def _record(self, now: float, kind: str, **fields: Any) -> None:
         self.events.append((now, kind, fields))
+        if self.on_event is not None:
+            self.on_event(now, kind, fields)
 
     def _invalidate(self) -> None:
         for cache in self._fast.values():
@@ -526,6 +532,7 @@ class Host:
 
     def handle_timer(self, now: float) -> None:
         self._invalidate()
+        self.timer_dirty = True
         t = self.agent.get_timer()
         if t is not None and t <= now:  # the agent first (E5 tie rule)
             self.agent.handle_timer(now)
@@ -543,8 +550,18 @@ class Host:
 
     # ============================================================================ the wiring
 
+    def poll(self, now: float) -> None:
+        """After a batch of data packets: act on lifetime events the driver raised on the
+        cached path (soft byte/packet limits -> rekey, hard -> delete)."""
+        ev = self.sad.next_event()
+        if ev is not None:
+            self._invalidate()
+            self._sa_expired(ev, now)
+            self._pump(now)
+
     def _pump(self, now: float) -> None:
         """Move requests, events and packets between the components until all are quiet."""
+        self.timer_dirty = True
         agent = self.agent
         for _ in range(10000):
             busy = False
@@ -849,7 +866,7 @@ class Host:
             ike_sa_id = self.ike2.initiate(
                 self.cfgs.v2_peer(r),
                 now,
-                child=self.cfgs.v2_child(r, [lts], [rts]),
+                child=None if self.overrides.childless else self.cfgs.v2_child(r, [lts], [rts]),
                 remote=(remote, port),
                 local=(local, NATT_PORT if port == NATT_PORT else IKE_PORT),
             )

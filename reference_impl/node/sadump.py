@@ -80,8 +80,22 @@ def _sa(host: Host, p: ChildSaParams, sa: Any, inbound: bool, keys: bool) -> dic
     return out
 
 
+def _initiators(host: Host) -> dict[int, bool]:
+    """Inbound SPI -> whether we initiated the exchange that made the Child SA (its keys:
+    "initiator" keys protect traffic from that exchange's initiator, RFC 7296 §2.17)."""
+    out: dict[int, bool] = {}
+    for sa in host.ike2.ike_sas():
+        for c in sa.children:
+            out[c.inbound_spi] = c.we_initiated
+    for p1 in list(host.ike1._sas.values()):
+        for ch in p1.children:
+            out[ch.in_spi] = ch.initiator
+    return out
+
+
 def child_sas(host: Host, keys: bool = True) -> list[dict[str, Any]]:
     out = []
+    initiators = _initiators(host)
     for child in host.child_sas():
         pair = child.pair
         inbound = child.inbound.params
@@ -97,6 +111,7 @@ def child_sas(host: Host, keys: bool = True) -> list[dict[str, Any]]:
                 "encr": _alg_encr(inbound, False),
                 "integ": _alg_integ(inbound, False),
                 "acquire_id": pair.acquire_id,
+                "initiator": initiators.get(inbound.spi, child.initiator),
                 "installed_at": child.installed,
                 "inbound": _sa(host, inbound, child.inbound, True, keys),
                 "outbound": _sa(host, child.outbound.params, child.outbound, False, keys),

@@ -38,7 +38,7 @@ class IcmpError:
 class UdpEndpoint:
     """A non-blocking UDP socket bound to one local address and port."""
 
-    def __init__(self, address: str, port: int) -> None:
+    def __init__(self, address: str, port: int, *, mark: int = 0) -> None:
         ip = ipaddress.ip_address(address)
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         self.family = family
@@ -53,6 +53,9 @@ class UdpEndpoint:
             # Large buffers: a burst of ESP-in-UDP must not be dropped by the socket.
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            if mark:
+                # The node's own datagrams skip the tunnel's routing table (runtime docstring).
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
             self.sock.bind((address, port))
             self.sock.setblocking(False)
         except BaseException:

@@ -578,7 +578,47 @@ class IkeSa:
                 reason, detail, self.remote, self.replied, self.ike_sa_id, self.acquire_id, notify
             )
         )
+        self._fail_waiting_children(reason, detail, notify)
         self._close("negotiation failed", linger=False)
+
+    def _fail_waiting_children(
+        self, reason: FailureReason, detail: str, notify: int | None = None
+    ) -> None:
+        """Child SAs queued behind an IKE SA that failed: their acquires fail too."""
+        seen = {self.acquire_id}
+        for task in list(self.queue) + self._retry_tasks:
+            if isinstance(task, CreateChildTask) and task.req.acquire_id not in seen:
+                seen.add(task.req.acquire_id)
+                self._event(
+                    NegotiationFailed(
+                        reason,
+                        detail,
+                        self.remote,
+                        self.replied,
+                        self.ike_sa_id,
+                        task.req.acquire_id,
+                        notify,
+                    )
+                )
+
+    def fail_locally(self, detail: str) -> None:
+        """Our own configuration or state made the SA unusable (e.g. a PSK connection
+        without a PSK): report it and drop the SA instead of crashing the service."""
+        self._event(
+            NegotiationFailed(
+                FailureReason.LOCAL_ERROR,
+                detail,
+                self.remote,
+                self.replied,
+                self.ike_sa_id,
+                self.acquire_id,
+            )
+        )
+        if self.established:
+            self._teardown(f"local error: {detail}")
+        else:
+            self._fail_waiting_children(FailureReason.LOCAL_ERROR, detail)
+            self._close("local error", linger=False)
 
     # --- IKE_SA_INIT, responder -------------------------------------------------------------------
 
@@ -619,9 +659,11 @@ class IkeSa:
         if ke.dh_group != sel.dh_id:
             refuse(N.INVALID_KE_PAYLOAD, sel.dh_id.to_bytes(2, "big"))
             return None
-        config = next(
-            (c for c in configs if any(_match_cfg(p, sel) for p in c.proposals)), configs[0]
-        )
+        config = configs[0]
+        if len(configs) > 1:
+            config = next(
+                (c for c in configs if any(_match_cfg(p, sel) for p in c.proposals)), config
+            )
         sa = cls(
             ctx,
             initiator=False,
@@ -1022,6 +1064,7 @@ class IkeSa:
                     self.acquire_id,
                 )
             )
+            self._fail_waiting_children(FailureReason.PEER_SILENT, detail)
             self._close("peer not responding", linger=False)
             return
         for task in [out.task, *self.queue, *(o.task for o in self.outstanding.values())]:
@@ -2292,15 +2335,20 @@ def _all_proposals(configs: tuple[PeerConfig, ...]) -> list[ProposalConfig]:
 
 
 def _init_certreq(configs: tuple[PeerConfig, ...]) -> bytes:
-    def make() -> bytes:
-        anchors = tuple(a for c in configs for a in c.remote.trust_anchors)
-        if anchors and any(c.remote.send_certreq for c in configs):
-            return certreq_authorities(anchors)
-        return b""
-
+    """The CA hashes for the CERTREQ of an IKE_SA_INIT response (RFC 7296 §3.7)."""
     if len(configs) == 1:
-        return cast(bytes, _per_config("certreq", configs[0], make))
-    return make()
+        hit = _BY_CONFIG.get(("certreq", id(configs[0])))
+        if hit is not None and hit[0] is configs[0]:
+            return cast(bytes, hit[1])
+        return cast(bytes, _per_config("certreq", configs[0], lambda: _certreq_of(configs)))
+    return _certreq_of(configs)
+
+
+def _certreq_of(configs: tuple[PeerConfig, ...]) -> bytes:
+    anchors = tuple(a for c in configs for a in c.remote.trust_anchors)
+    if anchors and any(c.remote.send_certreq for c in configs):
+        return certreq_authorities(anchors)
+    return b""
 
 
 def _hash_list(hashes: tuple[int, ...]) -> bytes:

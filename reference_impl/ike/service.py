@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import logging
 from collections import deque
 from datetime import UTC, datetime
 
@@ -41,6 +42,7 @@ from reference_impl.sa import Address, TrafficSelector
 
 _IKE_SA_INIT = ExchangeType.IKE_SA_INIT
 _COOKIE_PRF = prf(PrfId.PRF_HMAC_SHA2_256)
+_log = logging.getLogger(__name__)
 
 
 class IkeService:
@@ -179,7 +181,15 @@ class IkeService:
             if self._timer_of.get(id(sa)) != t:
                 continue
             del self._timer_of[id(sa)]
-            sa.handle_timer(now)
+            try:
+                sa.handle_timer(now)
+            except LocalProtocolError as exc:
+                self._count("local_errors")
+                _log.warning("IKE SA %s: %s", sa.ike_sa_id.hex(), exc)
+                sa.fail_locally(str(exc))
+            except Exception:
+                self._count("internal_errors")
+                _log.exception("IKE SA %s: timer failed", sa.ike_sa_id.hex())
             self._dirty.append(sa)
         self._flush_dirty()
 
@@ -225,7 +235,15 @@ class IkeService:
         except RemoteProtocolError:
             self._count("malformed_dropped")
             return
-        sa.receive(data, msg, addr, local, now)
+        try:
+            sa.receive(data, msg, addr, local, now)
+        except LocalProtocolError as exc:
+            self._count("local_errors")
+            _log.warning("IKE SA %s: %s", sa.ike_sa_id.hex(), exc)
+            sa.fail_locally(str(exc))
+        except Exception:  # a bug must not take the node down: count, log, drop (ARCHITECTURE)
+            self._count("internal_errors")
+            _log.exception("IKE SA %s: datagram from %s dropped", sa.ike_sa_id.hex(), addr)
         self._dirty.append(sa)
 
     def _count(self, what: str) -> None:
@@ -369,7 +387,12 @@ class IkeService:
                 Datagram(encode_message(reply), local, addr, local[1] == self.settings.natt_port)
             )
             return
-        sa = IkeSa.respond_init(self, configs, msg, data, addr, local, now)
+        try:
+            sa = IkeSa.respond_init(self, configs, msg, data, addr, local, now)
+        except Exception:  # as above: a configuration or code error never crashes the service
+            self._count("internal_errors")
+            _log.exception("IKE_SA_INIT from %s dropped", addr)
+            return
         if sa is not None:
             self._by_init[(spi_i, addr)] = sa
             self._half_open.add(sa)

@@ -72,3 +72,60 @@ def test_mutated_valid_messages(seed: int, edits: list[tuple[int, int, str]], fi
     if fix and len(data) >= 28:  # keep the header length right so the payloads get parsed
         struct.pack_into("!I", data, 24, len(data))
     decode_or_remote_error(bytes(data))
+
+
+class _Live:
+    """One established pair of services, shared by the examples below."""
+
+    def __init__(self) -> None:
+        from .net import pair
+
+        self.net, self.a, self.b = pair()
+        self.a.service.initiate("ab", self.net.now)
+        self.net.run(2)
+        (self.sa_a,) = self.a.service.ike_sas()
+        (self.sa_b,) = self.b.service.ike_sas()
+        # some valid traffic of this very SA to mutate: a child rekey and a DPD
+        self.a.service.rekey_child(self.sa_a.children[0].inbound_spi, self.net.now)
+        self.a.service.liveness_check(self.sa_a.ike_sa_id, self.net.now)
+        self.net.run(2)
+        self.seeds = [s.d for s in self.net.wire]
+
+
+_LIVE: list[_Live] = []
+
+
+def live() -> _Live:
+    if not _LIVE:
+        _LIVE.append(_Live())
+    return _LIVE[0]
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    st.integers(0, 10**6),
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(1, 255)), min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_an_ike_sa_fed_garbage_keeps_answering(
+    seed: int, flips: list[tuple[int, int]], fix: bool
+) -> None:
+    """Mutated copies of this SA's own datagrams (valid SPIs, broken contents) are dropped
+    or answered with an error; a real request afterwards is still answered."""
+    lv = live()
+    d = lv.seeds[seed % len(lv.seeds)]
+    data = bytearray(d.data)
+    for pos, x in flips:
+        data[pos % len(data)] ^= x
+    if fix and len(data) >= 28:
+        struct.pack_into("!I", data, 24, len(data))
+    target = lv.b if d.dst[0] == lv.b.ip else lv.a
+    target.service.receive_datagram(bytes(data), d.src, lv.net.now, local=d.dst)
+    assert target.service.stats.get("internal_errors", 0) == 0
+    lv.net.settle()
+    n0 = len(lv.net.wire)
+    lv.a.service.liveness_check(lv.sa_a.ike_sa_id, lv.net.now)
+    lv.net.run(1)
+    answers = [s for s in lv.net.wire[n0:] if s.d.src[0] == lv.b.ip]
+    assert answers, "B stopped answering"
+    assert lv.sa_a.state.name == "ESTABLISHED" and lv.sa_b.state.name == "ESTABLISHED"

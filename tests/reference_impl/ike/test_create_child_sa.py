@@ -23,7 +23,7 @@ from reference_impl.ike.ike_sa import IkeSa
 from reference_impl.ike.types import ChildState, Datagram, IkeState
 from reference_impl.sa import ChildSaPair
 
-from .net import Net, Node, pair, ts
+from .net import PSK, Net, Node, pair, ts
 
 
 def up(
@@ -494,3 +494,44 @@ def test_ah_child_sa() -> None:
     assert ca.pair.outbound.protocol == IpsecProtocol.AH
     assert ca.pair.outbound.encr_id is None and ca.pair.outbound.integ_id == 12
     assert len(ca.pair.outbound.integ_key) == 32
+
+
+def test_childless_ike_sa_then_child() -> None:
+    """RFC 6023 style: IKE_AUTH without a Child SA, the child comes with CREATE_CHILD_SA."""
+    net, a, b = pair(a_cfg={"initial_child": False})
+    a.service.initiate("ab", net.now)
+    net.run(2)
+    assert len(a.of(IkeSaEstablished)) == 1 and a.of(ChildSaEstablished) == []
+    (sa_a,) = a.service.ike_sas()
+    a.service.create_child(sa_a.ike_sa_id, "c", net.now, acquire_id=9)
+    net.run(2)
+    assert [c.pair.acquire_id for c in a.of(ChildSaEstablished)] == [9]
+
+
+def test_local_configuration_error_does_not_crash_the_responder() -> None:
+    """B has a PSK connection without a PSK: the exchange fails with LOCAL_ERROR at B and
+    the service keeps running (ARCHITECTURE: bad input never crashes a node)."""
+    from dataclasses import replace
+
+    net, a, b = pair()
+    cfg = b.service.settings.connections[0]
+    bad = replace(cfg, local=replace(cfg.local, psk=None), remote=replace(cfg.remote, psk=PSK))
+    b.service.settings = replace(b.service.settings, connections=(bad,))
+    a.service.initiate("ab", net.now, acquire_id=4)
+    net.run(10)
+    assert b.service.stats.get("local_errors") == 1
+    assert [f.reason for f in b.of(NegotiationFailed)] == [FailureReason.LOCAL_ERROR]
+    fail = a.of(NegotiationFailed)
+    assert len(fail) == 1 and fail[0].acquire_id == 4
+
+
+def test_queued_child_fails_with_its_ike_sa() -> None:
+    """Two acquires on one connection while the peer is silent: both hear about it."""
+    net, a, b = pair()
+    net.filter = lambda i, d: []
+    a.service.initiate("ab", net.now, acquire_id=1)
+    a.service.initiate("ab", net.now, acquire_id=2)
+    net.run(10)
+    fails = a.of(NegotiationFailed)
+    assert sorted(f.acquire_id or 0 for f in fails) == [1, 2]
+    assert all(f.reason is FailureReason.PEER_SILENT for f in fails)

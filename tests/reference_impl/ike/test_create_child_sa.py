@@ -498,7 +498,7 @@ def test_ah_child_sa() -> None:
 
 def test_childless_ike_sa_then_child() -> None:
     """RFC 6023 style: IKE_AUTH without a Child SA, the child comes with CREATE_CHILD_SA."""
-    net, a, b = pair(a_cfg={"initial_child": False})
+    net, a, _b = pair(a_cfg={"initial_child": False})
     a.service.initiate("ab", net.now)
     net.run(2)
     assert len(a.of(IkeSaEstablished)) == 1 and a.of(ChildSaEstablished) == []
@@ -527,7 +527,7 @@ def test_local_configuration_error_does_not_crash_the_responder() -> None:
 
 def test_queued_child_fails_with_its_ike_sa() -> None:
     """Two acquires on one connection while the peer is silent: both hear about it."""
-    net, a, b = pair()
+    net, a, _b = pair()
     net.filter = lambda i, d: []
     a.service.initiate("ab", net.now, acquire_id=1)
     a.service.initiate("ab", net.now, acquire_id=2)

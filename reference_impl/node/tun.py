@@ -1,7 +1,8 @@
 """A TUN device for the node's ``tun`` data plane (Linux ``/dev/net/tun``).
 
 The device is non-persistent: it disappears when the node closes the descriptor (or dies),
-so nothing is left behind even on SIGKILL. Addresses and routes are set with pyroute2.
+so nothing is left behind even on SIGKILL. Link, addresses and routes are set with ``ip``
+(iproute2): pyroute2's socket cannot be driven from inside the node's running asyncio loop.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import subprocess
 
 _TUNSETIFF = 0x400454CA
 _IFF_TUN = 0x0001
@@ -33,28 +35,21 @@ class TunDevice:
             raise
 
     def _configure_link(self, mtu: int) -> None:
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            index = ipr.link_lookup(ifname=self.name)[0]
-            ipr.link("set", index=index, mtu=mtu, state="up")
-            self.index = index
+        _ip("link", "set", "dev", self.name, "mtu", str(mtu), "up")
+        with open(f"/sys/class/net/{self.name}/ifindex") as f:
+            self.index = int(f.read())
 
     def add_address(self, address: str, prefixlen: int) -> None:
-        from pyroute2 import IPRoute
+        _ip("addr", "add", f"{address}/{prefixlen}", "dev", self.name)
 
-        with IPRoute() as ipr:
-            ipr.addr("add", index=self.index, address=address, prefixlen=prefixlen)
-
-    def add_route(self, network: str, source: str | None = None) -> None:
+    def add_route(self, network: str, source: str | None = None, table: int | None = None) -> None:
         """Route ``network`` (a prefix) into the tunnel, optionally with a preferred source."""
-        from pyroute2 import IPRoute
-
-        kwargs: dict[str, object] = {"dst": network, "oif": self.index}
+        args = ["route", "replace", network, "dev", self.name]
+        if table is not None:
+            args += ["table", str(table)]
         if source:
-            kwargs["prefsrc"] = source
-        with IPRoute() as ipr:
-            ipr.route("replace", **kwargs)
+            args += ["src", source]
+        _ip(*args)
 
     def read(self) -> bytes | None:
         try:
@@ -72,3 +67,9 @@ class TunDevice:
         if self.fd >= 0:
             os.close(self.fd)  # the device and its routes go with it
             self.fd = -1
+
+
+def _ip(*args: str) -> None:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=15)
+    if res.returncode != 0:
+        raise OSError(f"ip {' '.join(args)}: {res.stderr.strip()}")

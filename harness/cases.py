@@ -126,3 +126,12 @@ def load_suites(package: str | None = None) -> list[CaseInfo]:
         if module.name.rsplit(".", 1)[-1].startswith("test_"):
             importlib.import_module(module.name)
     return sorted(REGISTRY.values(), key=lambda c: (c.suite, c.id))
+
+
+def case_selected(info: CaseInfo, cases: list[str], suites: set[str]) -> bool:
+    """Whether a case is in the selection (IDs or globs, suites); empty selects everything."""
+    import fnmatch
+
+    if suites and info.suite not in suites:
+        return False
+    return not cases or any(fnmatch.fnmatchcase(info.id, pattern.upper()) for pattern in cases)

@@ -44,6 +44,21 @@ class LabOptions:
     strict: bool = False
     reports: Path = Path("reports")
     rerun: str = "ipsec-interop run"
+    misbehaviours: tuple[str, ...] = ()
+    """``NAME`` or ``NAME=VALUE``: deliberate misbehaviours switched on in a reference peer
+    under test (for the suites' sensitivity checks; see ``reference_impl/node/host.py``)."""
+
+    def misbehaviour_values(self) -> list[tuple[str, object]]:
+        out: list[tuple[str, object]] = []
+        for item in self.misbehaviours:
+            name, sep, value = item.partition("=")
+            if not sep:
+                out.append((name, True))
+            elif value.isdigit():
+                out.append((name, int(value)))
+            else:
+                out.append((name, value))
+        return out
 
 
 def peer_infos(options: LabOptions) -> list[PeerInfo]:
@@ -114,6 +129,9 @@ class Lab:
             peer = cls(node)
             peer.start()
             self._stack.callback(peer.stop)
+            if node_name == PUT_NODE and kind == "reference":
+                for name, value in self.options.misbehaviour_values():
+                    peer.impair(name, value)  # type: ignore[attr-defined]
             self._peers[key] = peer
         return peer
 

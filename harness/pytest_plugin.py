@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 
-from harness.cases import REGISTRY, CaseInfo, Role
+from harness.cases import REGISTRY, CaseInfo, Role, case_selected
 
 if TYPE_CHECKING:
     from harness.lab import CaseContext
@@ -78,6 +78,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write SA keys (Wireshark tables); default yes only when every peer is the reference",
     )
     group.addoption("--ipsec-progress", action="store_true", help="rich progress display")
+    group.addoption(
+        "--ipsec-put-misbehave",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="a deliberate misbehaviour of a reference peer under test (sensitivity checks)",
+    )
     group.addoption("--ipsec-rerun", default="ipsec-interop run", help=argparse_suppress())
 
 
@@ -116,6 +123,7 @@ def pytest_configure(config: pytest.Config) -> None:
         strict=bool(config.getoption("--ipsec-strict")),
         reports=Path(config.getoption("--ipsec-reports")),
         rerun=config.getoption("--ipsec-rerun"),
+        misbehaviours=tuple(config.getoption("--ipsec-put-misbehave")),
     )
     config.stash[_OPTIONS] = options
     if _is_worker(config):
@@ -188,15 +196,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if recorder is not None and not _is_worker(config):
         ids = sorted({m.args[0] for it in items if (m := it.get_closest_marker("case"))})
         recorder.declare_cases([REGISTRY[i] for i in ids])
-
-
-def case_selected(info: CaseInfo, cases: list[str], suites: set[str]) -> bool:
-    """Whether a case is in the selection (IDs or globs, suites); empty selects everything."""
-    import fnmatch
-
-    if suites and info.suite not in suites:
-        return False
-    return not cases or any(fnmatch.fnmatchcase(info.id, pattern.upper()) for pattern in cases)
 
 
 @pytest.fixture

@@ -82,6 +82,14 @@ def register(cli: click.Group) -> None:
     default=None,
     help="Write SA keys (Wireshark tables). Default: only when every peer is ours.",
 )
+@click.option(
+    "--put-misbehave",
+    "misbehave",
+    multiple=True,
+    metavar="NAME[=VALUE]",
+    help="Switch on a deliberate misbehaviour of a reference peer under test "
+    "(to check that the suites notice it).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @click.option("-v", "--verbose", is_flag=True, help="Show pytest's own output.")
 def run(
@@ -97,6 +105,7 @@ def run(
     baseline: str | None,
     reports_dir: str,
     export_keys: bool | None,
+    misbehave: tuple[str, ...],
     no_progress: bool,
     verbose: bool,
 ) -> None:
@@ -106,9 +115,8 @@ def run(
     local topology (no root, no Docker), reports in ./reports (index.html, results.json,
     junit.xml, allure-results/).
     """
-    from harness.cases import load_suites, suites_package
+    from harness.cases import case_selected, load_suites, suites_package
     from harness.peers.registry import ADAPTERS
-    from harness.pytest_plugin import case_selected
 
     package = suites_package()
     all_cases = load_suites(package)
@@ -148,6 +156,8 @@ def run(
         args.append("--ipsec-strict")
     if export_keys is not None:
         args += ["--ipsec-export-keys", "yes" if export_keys else "no"]
+    for m in misbehave:
+        args += ["--ipsec-put-misbehave", m]
     if jobs > 1:
         args += ["-n", str(jobs)]
     if not no_progress and not verbose:

@@ -5,7 +5,9 @@ Same shape as ``netns`` (:mod:`harness.topology.netns`):
 - direct: both nodes on one internal network, ``eth0`` on both;
 - routed: each node alone on its own internal network with a router container (``.1``) that
   forwards between them and masquerades (nftables) the nodes behind NAT; nodes route through
-  it (``.2``, default route via ``.1``).
+  it (``.2``, default route via ``.1``). Docker's isolation of internal networks would drop
+  the routed packets on the bridges: see :func:`routing_unavailable` for the iptables rule
+  this adds (local engine, root) and removes.
 
 Networks are ``internal`` (no route off the machine) with explicit subnets from
 198.18.0.0/15 and 2001:db8::/32. One engine may run several topologies at once (parallel test
@@ -53,6 +55,7 @@ import io
 import ipaddress
 import itertools
 import os
+import re
 import shlex
 import signal
 import socket
@@ -127,6 +130,45 @@ def engine_is_remote() -> bool:
     return bool(host) and not host.startswith(("unix://", "npipe://"))
 
 
+def routing_unavailable() -> str:
+    """Why a routed topology cannot be built here ("" if it can).
+
+    Docker isolates an internal network with iptables rules that drop what enters its bridge
+    for an address outside its subnet, and the engine turns on ``bridge-nf-call-iptables``,
+    so those rules see frames bridged between a node and its router too: a packet routed to
+    another link is dropped on the way to the router. A routed topology therefore adds, per
+    link, an ACCEPT rule in ``DOCKER-USER`` for frames that enter and leave the same bridge
+    (they stay inside that network, so the isolation from everything else holds). That needs
+    the engine's host to be this one, and root.
+    """
+    if engine_is_remote():
+        return (
+            "a router between internal Docker networks needs iptables rules on the engine's "
+            "host (DOCKER-USER), which a remote engine's host does not let us add"
+        )
+    if os.geteuid() != 0:
+        return "a router between internal Docker networks needs root here (iptables DOCKER-USER)"
+    if system.which("iptables") is None:
+        return "a router between internal Docker networks needs iptables on this host"
+    return ""
+
+
+def _sweep_rules(report: SweepReport) -> None:
+    """Remove the DOCKER-USER rules of dead runs."""
+    if os.geteuid() != 0 or system.which("iptables") is None:
+        return
+    listing = system.run(["iptables", "-w", "10", "-S", "DOCKER-USER"], timeout=20)
+    for line in listing.stdout.splitlines():
+        m = re.search(r'--comment "?(ipsec-interop-([0-9a-f]{8})-[^" ]*)"?', line)
+        if not m or not line.startswith("-A DOCKER-USER ") or is_alive(m.group(2)):
+            continue
+        got = system.run(["iptables", "-w", "10", "-D", *shlex.split(line)[1:]], timeout=20)
+        if got.ok:
+            report.add("iptables rules", m.group(1))
+        else:
+            report.errors.append(f"iptables rule {m.group(1)}: {got.first_line()}")
+
+
 def _client(timeout: int = 300) -> Any:
     import docker
 
@@ -195,7 +237,13 @@ class DockerExecProcess(subprocess.Popen[bytes]):
             return
         pid = self.inner_pid
         if pid is not None:
-            self._topology._exec(self._container, ["kill", f"-{int(sig)}", str(pid)], 10.0, None)
+            if sig == signal.SIGKILL:
+                # Its children too: nothing of it may outlive a kill (a shell's sleep, say).
+                script = "t() { for c in $(pgrep -P $1); do t $c; done; kill -9 $1; }; t $0"
+                argv = ["sh", "-c", script, str(pid)]
+            else:
+                argv = ["kill", f"-{int(sig)}", str(pid)]
+            self._topology._exec(self._container, argv, 10.0, None)
         if pid is None or sig == signal.SIGKILL:
             with contextlib.suppress(ProcessLookupError):
                 super().send_signal(sig)
@@ -314,6 +362,8 @@ class DockerNode(Node):
         iface = interface or self.iface
         name = name or f"{self.name}-{iface}"
         path = self.topology.pcap_path(name)
+        if self.topology.copy_mode:
+            self.topology._exec(self._tools(), ["mkdir", "-p", str(path.parent)], 10.0, None)
         proc = self._spawn_tools(f"tcpdump-{name}", [*TCPDUMP, "-i", iface, "-w", str(path)])
         proc.wait_for_log(r"listening on ", timeout=15)
         cap = DockerCapture(path, proc, self)
@@ -392,6 +442,7 @@ class DockerTopology(Topology):
         self._tags: dict[str, str] = {}
         self._containers: list[str] = []
         self._networks: list[Any] = []
+        self._rules: list[list[str]] = []
         self._lock = threading.Lock()
 
     # availability and sweeping
@@ -441,6 +492,7 @@ class DockerTopology(Topology):
                     report.errors.append(f"container {ctr.name}: {exc}")
                 else:
                     report.add("containers", ctr.name)
+            _sweep_rules(report)
             for net in client.networks.list(filters=filters):
                 rid = (net.attrs.get("Labels") or {}).get(DOCKER_LABEL, "")
                 if is_alive(rid):
@@ -540,9 +592,13 @@ class DockerTopology(Topology):
 
     def _build_routed(self) -> None:
         ipv6 = self.spec.ipv6
+        why = routing_unavailable()
+        if why:
+            raise Unsupported("router", why)
         nets = []
         for spec in self.spec.nodes:
             nets.append(self._create_network(f"{spec.name}-router"))
+            self._allow_routing(nets[-1][0], f"{spec.name}-router")
         first_v4 = _host(nets[0][1], 1)
         first_v6 = _host(nets[0][2], 1) if nets[0][2] else None
         router = DockerNode(
@@ -580,6 +636,18 @@ class DockerTopology(Topology):
                 str(v4net),
                 str(v6net) if v6net else None,
             )
+
+    def _allow_routing(self, net: Any, link: str) -> None:
+        """Let routed packets cross this link's bridge (see :func:`routing_unavailable`)."""
+        bridge = f"br-{net.id[:12]}"
+        rule = [
+            "DOCKER-USER", "-i", bridge, "-o", bridge,
+            "-m", "comment", "--comment", f"{self.run.label}-{link}", "-j", "ACCEPT",
+        ]  # fmt: skip
+        got = system.run(["iptables", "-w", "10", "-I", *rule], timeout=20)
+        if not got.ok:
+            raise TopologyError(f"iptables DOCKER-USER rule for {link}: {got.first_line()}")
+        self._rules.append(rule)
 
     def _create_network(
         self, link: str
@@ -866,7 +934,7 @@ class DockerTopology(Topology):
             container=container,
             pidfile=pidfile,
             log_path=log_path,
-            env=dict(os.environ),
+            env={**os.environ, **env},  # the CLI carries the run label too (swept if orphaned)
         )
 
     # copy mode: files in and out when the engine cannot see ours
@@ -929,6 +997,11 @@ class DockerTopology(Topology):
                 self._remove_container(name)
             except Exception as exc:
                 errors.append(f"container {name}: {exc}")
+        for rule in self._rules:
+            got = system.run(["iptables", "-w", "10", "-D", *rule], timeout=20)
+            if not got.ok:
+                errors.append(f"iptables rule {rule[7]}: {got.first_line()}")
+        self._rules.clear()
         import docker
 
         for net in reversed(self._networks):

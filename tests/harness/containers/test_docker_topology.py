@@ -1,0 +1,352 @@
+"""The docker topology backend: the netns backend's contract on containers (addresses, firewall,
+loss, NAT, capture, processes, cleanup and sweeping), images chosen per node, copy mode for
+remote engines, and strongSwan <-> strongSwan through the topology."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import images
+from harness.topology import TopologySpec, Unsupported, open_topology, sweep
+from harness.topology.base import FEATURE_BINDS, Node, TopologyError
+from harness.topology.docker import DockerNode, DockerTopology
+from harness.topology.run import DOCKER_LABEL
+
+pytestmark = [
+    pytest.mark.needs_docker,
+    pytest.mark.timeout(900),
+    pytest.mark.usefixtures("built_images", "docker_build_on_demand", "no_leftovers"),
+]
+
+# A UDP echo server: answers each datagram with the address it came from.
+_ECHO = """
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+while True:
+    data, addr = s.recvfrom(2048)
+    s.sendto(addr[0].encode(), addr)
+"""
+
+# One datagram from a connected socket: prints what came back, "refused" or "silence".
+_PROBE = """
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.settimeout(float(sys.argv[3]))
+s.connect((sys.argv[1], int(sys.argv[2])))
+try:
+    s.send(b"probe")
+    print(s.recv(2048).decode())
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("silence")
+except PermissionError:
+    print("blocked")
+"""
+
+
+def _echo(node: Node, port: int = 500, family: int = 4) -> None:
+    addr = "::" if family == 6 else "0.0.0.0"
+    node.spawn(f"echo{port}-{family}", ["python3", "-c", _ECHO, addr, str(port)]).wait_for_log(
+        "listening", timeout=20
+    )
+
+
+def _probe(src: Node, dst: str, port: int = 500, timeout: float = 0.5) -> str:
+    result = src.exec(["python3", "-c", _PROBE, dst, str(port), str(timeout)])
+    assert result.ok, result.stderr
+    return result.stdout.strip()
+
+
+def _ping(src: Node, dst: str) -> bool:
+    return src.exec(["ping", "-c", "1", "-W", "1", dst]).ok
+
+
+def _containers(client: Any, label: str) -> list[str]:
+    return sorted(c.name for c in client.containers.list(all=True) if c.name.startswith(label))
+
+
+def test_direct_pair_on_an_internal_network(tmp_path: Path, docker_client: Any) -> None:
+    with open_topology("docker", TopologySpec.pair(), artifacts=tmp_path) as topo:
+        assert isinstance(topo, DockerTopology)
+        a, b = topo.node("a"), topo.node("b")
+        link = topo.links["a-b"]
+        assert link.subnet_v4.startswith("198.18.") and link.subnet_v4.endswith(".0/24")
+        assert link.subnet_v6 is not None and link.subnet_v6.startswith("2001:db8:d0:")
+        assert a.addresses.v4.endswith(".1") and b.addresses.v4.endswith(".2")
+        assert (a.addresses.inner_v4, b.addresses.inner_v4) == ("198.19.1.1", "198.19.2.1")
+        assert _ping(a, b.addresses.v4) and _ping(b, a.addresses.v4)
+        assert b.addresses.v6 is not None and _ping(a, b.addresses.v6)
+        assert a.exec(["ip", "-o", "addr", "show", "dev", "lo"]).stdout.count("198.19.1.1") == 1
+        net = docker_client.networks.get(f"{topo.run.label}-a-b")
+        assert net.attrs["Internal"] is True
+        assert net.attrs["Labels"][DOCKER_LABEL] == topo.run.id
+        for node in (a, b):
+            assert isinstance(node, DockerNode)
+            host = docker_client.api.inspect_container(node.container)["HostConfig"]
+            assert not host["Privileged"]
+            assert host["CapDrop"] == ["ALL"]
+            assert set(host["CapAdd"]) == {"NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"}
+            assert [d["PathOnHost"] for d in host["Devices"]] == ["/dev/net/tun"]
+        # A node's files are the same on both sides (bind-mounted at the same path).
+        (a.workdir / "hello").write_text("from the host")
+        assert a.exec(["cat", str(a.workdir / "hello")]).stdout == "from the host"
+        with pytest.raises(Unsupported) as exc:
+            a.spawn("x", ["true"], binds={"/usr/lib": "/usr/lib"})
+        assert exc.value.feature == FEATURE_BINDS and "use_image" in exc.value.reason
+        label = topo.run.label
+        assert len(_containers(docker_client, label)) == 2
+    assert _containers(docker_client, label) == []
+
+
+def test_exec_reports_status_output_and_timeouts() -> None:
+    with open_topology("docker", TopologySpec.pair()) as topo:
+        a = topo.node("a")
+        got = a.exec(["sh", "-c", "echo out; echo err >&2; exit 7"], env={"X": "1"})
+        assert (got.returncode, got.stdout, got.stderr) == (7, "out\n", "err\n")
+        assert a.exec(["sh", "-c", 'test "$X" = yes'], env={"X": "yes"}).ok
+        start = time.monotonic()
+        slow = a.exec(["sleep", "30"], timeout=1)
+        assert slow.returncode == 124 and "timed out" in slow.stderr
+        assert time.monotonic() - start < 10
+        assert a.exec(["no-such-program"]).returncode == 127
+
+
+def test_spawned_process_gets_signals_and_logs(tmp_path: Path) -> None:
+    script = 'trap "echo got-TERM; exit 0" TERM; echo ready; while :; do sleep 0.1; done'
+    with open_topology("docker", TopologySpec.pair(), artifacts=tmp_path) as topo:
+        a = topo.node("a")
+        proc = a.spawn("trapper", ["sh", "-c", script])
+        proc.wait_for_log("ready", timeout=20)
+        assert proc.running
+        assert proc.stop(timeout=10) == 0
+        assert "got-TERM" in proc.log_text()
+        assert proc.log_path == tmp_path / "a" / "trapper.log"
+        # One that ignores SIGTERM is killed after the timeout.
+        stubborn = a.spawn("stubborn", ["sh", "-c", "trap '' TERM; echo ready; sleep 600"])
+        stubborn.wait_for_log("ready", timeout=20)
+        stubborn.stop(timeout=1)
+        assert not stubborn.running
+        assert "sleep 600" not in a.exec(["ps", "-eo", "args"]).stdout
+
+
+def test_udp_closed_by_drop_is_silent_and_by_reject_is_refused() -> None:
+    with open_topology("docker", TopologySpec.pair()) as topo:
+        a, b = topo.node("a"), topo.node("b")
+        _echo(b, 500)
+        assert _probe(a, b.addresses.v4) == a.addresses.v4
+        b.close_udp((500, 4500), how="drop")
+        assert _probe(a, b.addresses.v4) == "silence"
+        b.close_udp((500,), how="reject")
+        assert _probe(a, b.addresses.v4) == "refused"
+        assert b.addresses.v6 is not None
+        assert _probe(a, b.addresses.v6) == "refused"
+        b.open_udp()
+        assert _probe(a, b.addresses.v4) == a.addresses.v4
+        assert isinstance(b, DockerNode)
+        assert topo.run.nft_table not in b.tools_exec(["nft", "list", "tables"]).stdout
+
+
+def test_outbound_close_and_random_loss() -> None:
+    with open_topology("docker", TopologySpec.pair()) as topo:
+        a, b = topo.node("a"), topo.node("b")
+        _echo(b, 500)
+        a.close_udp((500,), how="drop", direction="out")
+        assert _probe(a, b.addresses.v4) == "blocked"
+        a.open_udp()
+        b.set_loss(100)
+        assert not _ping(a, b.addresses.v4)
+        b.set_loss(30)
+        assert isinstance(b, DockerNode)
+        assert "numgen random mod 10000 < 3000" in b.tools_exec(["nft", "list", "ruleset"]).stdout
+        b.set_loss(0)
+        assert _ping(a, b.addresses.v4)
+
+
+def test_router_masquerades_nodes_behind_nat() -> None:
+    spec = TopologySpec.routed("a", "b", behind_nat=["a"])
+    with open_topology("docker", spec) as topo:
+        a, b = topo.node("a"), topo.node("b")
+        router = topo.router
+        assert router is not None
+        a_link, b_link = topo.links["a-router"], topo.links["b-router"]
+        assert a_link.subnet_v4 != b_link.subnet_v4
+        assert a.addresses.v4.endswith(".2") and b.addresses.v4.endswith(".2")
+        assert (a.addresses.inner_v4, b.addresses.inner_v4) == ("198.19.1.1", "198.19.2.1")
+        b_router_v4 = b_link.subnet_v4.replace(".0/24", ".1")
+        _echo(b, 500)
+        _echo(a, 500)
+        # b sees a's datagram from the router's address on b's link.
+        assert _probe(a, b.addresses.v4) == b_router_v4
+        assert b.addresses.v6 is not None and b_link.subnet_v6 is not None
+        _echo(b, 4500, family=6)
+        assert _probe(a, b.addresses.v6, 4500) == b_link.subnet_v6.replace("::/64", "::1")
+        # Nothing new reaches a node behind NAT.
+        assert _probe(b, a.addresses.v4) == "silence"
+        assert set(topo.links) == {"a-router", "b-router"}
+        assert topo.links["b-router"].ends[1][0] == "router"
+
+
+def test_capture_writes_the_links_packets(tmp_path: Path) -> None:
+    from scapy.layers.inet import ICMP
+    from scapy.utils import rdpcap
+
+    with open_topology("docker", TopologySpec.pair(), artifacts=tmp_path) as topo:
+        a, b = topo.node("a"), topo.node("b")
+        cap = topo.capture()
+        assert _ping(a, b.addresses.v4)
+        path = cap.stop()
+    assert path == tmp_path / "a-b.pcap"
+    icmp = [p for p in rdpcap(str(path)) if ICMP in p]
+    assert [p[ICMP].type for p in icmp] == [8, 0]
+
+
+def test_copy_mode_for_remote_engines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, docker_client: Any
+) -> None:
+    """Without shared files (DOCKER_HOST on another machine): copied in and back out."""
+    from scapy.layers.inet import ICMP
+    from scapy.utils import rdpcap
+
+    monkeypatch.setenv("IPSEC_INTEROP_DOCKER_COPY", "1")
+    with open_topology("docker", TopologySpec.pair(), artifacts=tmp_path) as topo:
+        assert isinstance(topo, DockerTopology) and topo.copy_mode
+        a, b = topo.node("a"), topo.node("b")
+        assert isinstance(a, DockerNode)
+        assert docker_client.api.inspect_container(a.container)["HostConfig"]["Binds"] in (None, [])
+        (a.workdir / "conf.txt").write_text("copied in")
+        assert a.exec(["cat", str(a.workdir / "conf.txt")]).stdout == "copied in"
+        a.exec(["sh", "-c", f"mkdir -p {a.log_dir} && echo daemon-log > {a.log_dir}/d.log"])
+        cap = topo.capture()
+        assert _ping(a, b.addresses.v4)
+        path = cap.stop()
+        assert [p[ICMP].type for p in rdpcap(str(path)) if ICMP in p] == [8, 0]
+    assert (tmp_path / "a" / "d.log").read_text() == "daemon-log\n"
+
+
+def test_strongswan_pair_through_the_topology(tmp_path: Path) -> None:
+    """use_image: both nodes run charon (kernel-libipsec) and ping through the tunnel; the
+    capture shows only UDP-encapsulated ESP between the outer addresses."""
+    from scapy.layers.inet import ICMP, UDP
+    from scapy.utils import rdpcap
+
+    spec = TopologySpec.pair("a", "b", ipv6=False)
+    with open_topology("docker", spec, artifacts=tmp_path) as topo:
+        nodes = [topo.node("a"), topo.node("b")]
+        for node, peer in ((nodes[0], nodes[1]), (nodes[1], nodes[0])):
+            assert isinstance(node, DockerNode)
+            node.use_image("strongswan")
+            assert node.image == "strongswan"
+            me, other = node.addresses, peer.addresses
+            (node.workdir / "swanctl.conf").write_text(
+                f"""connections {{ t {{
+  local_addrs = {me.v4}
+  remote_addrs = {other.v4}
+  proposals = aes128gcm16-prfsha256-x25519
+  local {{ auth = psk
+           id = {me.v4} }}
+  remote {{ auth = psk
+            id = {other.v4} }}
+  children {{ c {{ local_ts = {me.inner_v4}/32
+                  remote_ts = {other.inner_v4}/32
+                  esp_proposals = aes128gcm16 }} }}
+}} }}
+secrets {{ ike {{ secret = "docker-topology-psk-0123456789" }} }}
+"""
+            )
+            proc = node.spawn("charon", ["/usr/lib/ipsec/charon"])
+            loaded = None
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and proc.running:
+                loaded = node.exec(
+                    ["swanctl", "--load-all", "--file", str(node.workdir / "swanctl.conf")]
+                )
+                if loaded.ok and "loaded connection 't'" in loaded.stdout:
+                    break
+                time.sleep(0.2)
+            assert loaded is not None and "loaded connection 't'" in loaded.stdout, loaded
+        a, b = nodes
+        # The inner addresses survived the change of image.
+        assert "198.19.1.1" in a.exec(["ip", "-o", "addr", "show", "dev", "lo"]).stdout
+        cap = topo.capture()
+        up = a.exec(["swanctl", "--initiate", "--child", "c"], timeout=30)
+        assert up.ok, up.stdout + up.stderr
+        ping = a.exec(
+            ["ping", "-c", "2", "-W", "2", "-I", a.addresses.inner_v4, b.addresses.inner_v4]
+        )
+        assert ping.ok, ping.stdout
+        path = cap.stop()
+    packets = rdpcap(str(path))
+    esp_in_udp = [
+        p for p in packets if UDP in p and p[UDP].dport == 4500 and len(p[UDP].payload) > 100
+    ]
+    assert len(esp_in_udp) >= 4  # 2 requests + 2 replies, encapsulated
+    assert not [p for p in packets if ICMP in p and p[ICMP].type in (0, 8)]  # no clear pings
+
+
+def test_use_image_refuses_while_processes_run() -> None:
+    with open_topology("docker", TopologySpec.pair()) as topo:
+        a = topo.node("a")
+        assert isinstance(a, DockerNode)
+        a.spawn("sleeper", ["sleep", "600"])
+        with pytest.raises(TopologyError, match="stop its processes"):
+            a.use_image("strongswan")
+        with pytest.raises(ValueError, match="unknown image"):
+            a.use_image("nosuch")
+
+
+def test_a_stale_image_is_refused_with_the_rebuild_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IPSEC_INTEROP_DOCKER_BUILD", raising=False)
+    monkeypatch.setattr(images, "build_hash", lambda name, root=None: "0" * 16)
+    with pytest.raises(TopologyError) as exc:
+        open_topology("docker", TopologySpec.pair()).start()
+    text = str(exc.value)
+    assert "is stale" in text and "ipsec-interop images build" in text
+
+
+def test_unreachable_engine_is_unavailable_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    ok, why = DockerTopology.available()
+    assert not ok
+    assert "unix:///nonexistent/docker.sock" in why and "scripts/docker-engine start" in why
+
+
+def test_a_sigkilled_runs_containers_are_swept(docker_client: Any) -> None:
+    code = (
+        "import time\n"
+        "from harness.topology import open_topology, TopologySpec\n"
+        "topo = open_topology('docker', TopologySpec.pair()).start()\n"
+        "topo.node('a').spawn('sleep', ['sleep', '600'])\n"
+        "print(topo.run.label, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    label = proc.stdout.readline().strip()
+    assert label, "the child did not start its topology"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    left = _containers(docker_client, label)
+    assert len(left) == 2, "SIGKILL leaves the containers for the sweep"
+    report = sweep()
+    assert _containers(docker_client, label) == []
+    assert set(left) <= set(report.removed["containers"])
+    assert f"{label}-a-b" in report.removed["networks"]
+
+
+def test_building_is_fast_enough() -> None:
+    start = time.monotonic()
+    with open_topology("docker", TopologySpec.routed("a", "b", "c", behind_nat=["a"])):
+        built = time.monotonic() - start
+    assert built < 30.0, f"a routed topology of 4 containers took {built:.1f} s"

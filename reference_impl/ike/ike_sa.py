@@ -431,7 +431,7 @@ class IkeSa:
         payloads: list[Payload] = []
         if self.cookie:
             payloads.append(NotifyPayload(N.COOKIE, self.cookie))
-        payloads.append(SaPayload([p.to_proposal(i + 1) for i, p in enumerate(cfg.proposals)]))
+        payloads.append(SaPayload(_ike_offer(cfg)))
         payloads.append(KePayload(self.dh_group, self.kex.public_value))
         payloads.append(NoncePayload(self.nonce_i))
         payloads.extend(self._natd_payloads(self.spi_i, ZERO_SPI))
@@ -528,7 +528,7 @@ class IkeSa:
                 FailureReason.INVALID_SYNTAX, "IKE_SA_INIT response lacks SA/KE/Nr", None
             )
             return
-        offered = [p.to_proposal(i + 1) for i, p in enumerate(cfg.proposals)]
+        offered = _ike_offer(cfg)
         sel = check_answer(offered, sa.proposals)
         if sel is None or sel.dh_id != self.dh_group or ke.dh_group != self.dh_group:
             self._fail_init(
@@ -2326,6 +2326,17 @@ def _per_config(kind: str, obj: object, make: Callable[[], object]) -> object:
     value = make()
     _BY_CONFIG[key] = (obj, value)
     return value
+
+
+def _ike_offer(cfg: PeerConfig) -> list[Proposal]:
+    """The SA payload proposals of our IKE_SA_INIT request (no SPI: the same every time; the
+    list is shared and only read)."""
+    return cast(
+        list[Proposal],
+        _per_config(
+            "ike_offer", cfg, lambda: [p.to_proposal(i + 1) for i, p in enumerate(cfg.proposals)]
+        ),
+    )
 
 
 def _all_proposals(configs: tuple[PeerConfig, ...]) -> list[ProposalConfig]:

@@ -38,6 +38,17 @@ class Selected(NamedTuple):
 
     def to_proposal(self, spi: bytes | None = None) -> Proposal:
         """The one-proposal answer (RFC 7296 §3.3.6: same number, one transform per type)."""
+        key = (*self[3:], self.protocol)
+        hit = _ANSWERS.get(key)
+        if hit is None:
+            hit = _ANSWERS[key] = self._transforms()
+            if len(_ANSWERS) > 256:
+                _ANSWERS.clear()
+        return Proposal(
+            self.num, self.protocol, self.spi if spi is None else spi, list(hit[0]), hit[1]
+        )
+
+    def _transforms(self) -> tuple[tuple[Transform, ...], bytes]:
         ts = [Transform(_ENCR, self.encr_id, self.encr_bits)] if self.encr_id else []  # AH: none
         if self.prf_id:
             ts.append(Transform(_PRF, self.prf_id))
@@ -48,8 +59,7 @@ class Selected(NamedTuple):
         if self.protocol != 1:
             ts.append(Transform(_ESN, int(self.esn)))
         n = len(ts)
-        encoded = b"".join(t.encode(i == n - 1) for i, t in enumerate(ts))
-        return Proposal(self.num, self.protocol, self.spi if spi is None else spi, ts, encoded)
+        return tuple(ts), b"".join(t.encode(i == n - 1) for i, t in enumerate(ts))
 
     def name(self) -> str:
         """strongSwan-like: ``AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519``."""
@@ -91,6 +101,10 @@ def _suite_name(
     if protocol != 1:
         parts.append("EXT_SEQ" if esn else "NO_EXT_SEQ")
     return "/".join(parts)
+
+
+_ANSWERS: dict[tuple[object, ...], tuple[tuple[Transform, ...], bytes]] = {}
+"""Encoded answers by negotiated transforms (a handful per configuration)."""
 
 
 def _offered(p: Proposal) -> dict[int, list[Transform]]:

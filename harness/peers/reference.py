@@ -601,11 +601,15 @@ def scenario_ike(sc: Scenario) -> dict[str, Any]:
         ("ike_rekey_s", lt.ike_rekey),
         ("child_rekey_s", lt.child_rekey),
         ("child_life_s", lt.child_life),
-        ("child_life_bytes", lt.child_rekey_bytes),
-        ("child_life_packets", lt.child_rekey_packets),
     ):
         if value is not None:
             ike[key] = value
+    # Byte and packet limits: the node rekeys at 90 % of the hard limit; none unless asked
+    # (the policy language always has one, strongSwan by default none).
+    ike["child_life_bytes"] = -(-lt.child_rekey_bytes * 10 // 9) if lt.child_rekey_bytes else 0
+    ike["child_life_packets"] = (
+        -(-lt.child_rekey_packets * 10 // 9) if lt.child_rekey_packets else 0
+    )
     if lt.ike_life is not None and lt.ike_rekey is not None:
         ike["ike_over_s"] = max(0.0, lt.ike_life - lt.ike_rekey)
     if lt.child_rekey is not None and lt.child_life is None:

@@ -144,8 +144,9 @@ class IkeModel(_Model):
     ike_over_s: Annotated[float, Field(ge=0)] | None = None
     child_rekey_s: Annotated[float, Field(gt=0)] | None = None
     child_life_s: Annotated[float, Field(gt=0)] | None = None
-    child_life_bytes: Annotated[int, Field(gt=0)] | None = None
-    child_life_packets: Annotated[int, Field(gt=0)] | None = None
+    child_life_bytes: Annotated[int, Field(ge=0)] | None = None
+    """Hard byte lifetime of Child SAs (rekey at 90 %); 0: none (default: the policy's)."""
+    child_life_packets: Annotated[int, Field(ge=0)] | None = None
     dpd_delay_s: Annotated[float, Field(gt=0)] | None = None
     force_encap: bool = False
     fragmentation: bool = True

@@ -95,6 +95,10 @@ NATT_PORT = 4500
 NON_ESP_MARKER = b"\0\0\0\0"
 _DELIVERED = Verdict.DELIVERED
 _IPV4_UDP = struct.Struct(">BBHHHBBH4s4sHHHH")
+_ESP4 = struct.Struct(">HHI4s8s")
+"""A raw IPv4 ESP header: version/IHL|TOS, total length, identification|flags, TTL|protocol|
+checksum (zero: nothing checks it), source|destination."""
+_TTL_ESP = bytes((64, 50, 0, 0))
 
 
 class PortMap:
@@ -205,6 +209,10 @@ class Host:
         self._attempts: dict[int, tuple[int, bytes]] = {}
         self._fast: dict[int, dict[bytes, OutboundSa]] = {6: {}, 17: {}}
         self._fast_in: set[bytes] = set()
+        self._udp_routes: dict[int, tuple[Address, Address, int]] = {}
+        """id(outbound SA) -> (UDP source, destination, octets before the ESP header; 0 =
+        parse) for SAs whose ESP leaves over a UDP socket (RFC 3948)."""
+        self._addr_pairs: dict[tuple[str, str], bytes] = {}
         self._v1_names: dict[tuple[object, ...], str] = {}
         self._sa_options = SaOptions()
         self._last_protect_sa: OutboundSa | None = None
@@ -340,21 +348,12 @@ class Host:
             self._corrupt -= 1
             out = out[:-1] + bytes((out[-1] ^ 0xFF,))
             self._count("misbehave.corrupted_icv")
-        encap = sa.params.encap
-        if encap is None:
+        route = self._udp_routes.get(id(sa))
+        if route is None:
             self.ip_out.append(out)
             return
-        off = (28 if out[0] >> 4 == 4 else 48) if sa.mode is Mode.TUNNEL else -1
-        if off < 0:
-            off = OutboundSa.outer_header_length(out)
-        dst = sa.params.dst
-        self.udp_out.append(
-            (
-                out[off:],
-                (sa.params.src, self.ports.local_real(encap[0])),
-                (dst, self.ports.peer_real(dst, encap[1])),
-            )
-        )
+        src, dst, strip = route
+        self.udp_out.append((out[strip or OutboundSa.outer_header_length(out) :], src, dst))
 
     def raw_received(self, d: bytes, now: float) -> None:
         """An IP packet from the wire: ESP or AH addressed to us, or a clear packet."""
@@ -436,6 +435,18 @@ class Host:
                 return
             if len(data) < 8:
                 self._count("drops.udp_runt")
+                return
+            esp = self.sad.inbound(IpsecProtocol.ESP, int.from_bytes(data[:4], "big"))
+            if esp is not None and esp.mode is Mode.TUNNEL and ":" not in src[0]:
+                # RFC 3948 §3.3: decapsulation is the ESP processing of the payload; a raw
+                # IPv4 header in front lets the driver's fast path take it.
+                addrs = self._addr_pairs.get((src[0], local[0]))
+                if addrs is None:
+                    addrs = _packed(src[0]) + _packed(local[0])
+                    if len(self._addr_pairs) < 1024:
+                        self._addr_pairs[(src[0], local[0])] = addrs
+                self._unprotect(_ESP4.pack(0x4500, 20 + len(data), 0, _TTL_ESP, addrs) + data,
+                                now, udp=False)  # fmt: skip
                 return
             self._unprotect(self._udp_frame(data, src, local), now, udp=True)
             return
@@ -696,15 +707,19 @@ class Host:
             return
         version, spi = attempt
         self._record(now, "acquire_cancelled", acquire_id=acquire_id, reason=reason)
+        # Only an attempt the peer never answered is abandoned: once it replied, the peer may
+        # already hold the SAs (a crossing peer-initiated negotiation, E8), and dropping our
+        # half would leave it sending on SPIs we forgot. Such an attempt completes and the
+        # agent binds whichever pair arrives last.
         if version == 2:
             sa = self.ike2.find(spi)
-            if sa is not None and not sa.established:
+            if sa is not None and not sa.established and not sa.replied:
                 self.ike2.delete_ike(sa.ike_sa_id, now)
         else:
             for ike_sa_id in self.ike1.ike_sa_ids():
                 if ike_sa_id[:8] == spi:
                     state = self.ike1.ike_sa_state(ike_sa_id)
-                    if state is not None and state.value != "ESTABLISHED":
+                    if state is not None and state.value in ("MM_I1", "AM_I1"):
                         self.ike1.delete_ike_sa(ike_sa_id, now, reason)
 
     def _ike_event(self, ev: Event, version: int, now: float) -> None:
@@ -736,6 +751,7 @@ class Host:
             if child is not None:
                 self._child_by_out.pop(child.pair.outbound.spi, None)
                 self._out_by_spi.pop(child.pair.outbound.spi, None)
+                self._udp_routes.pop(id(child.outbound), None)
                 self.sad.remove(child.inbound)
                 self.sad.remove(child.outbound)
             self._record(now, "child_sa_deleted", inbound_spi=f"{ev.inbound_spi:08x}",
@@ -769,6 +785,13 @@ class Host:
         )
         if self.misbehaviour.get("no_replay_check"):
             inbound = dataclasses.replace(inbound, replay_window=0)
+        encap = outbound.encap
+        strip = 0
+        if encap is not None and outbound.mode == Mode.TUNNEL and ":" not in outbound.src:
+            # The UDP header is the socket's business: the driver makes raw ESP (its fast
+            # path) and the node sends what follows the 20-octet IPv4 header.
+            outbound = dataclasses.replace(outbound, encap=None)
+            strip = 20
         try:
             sa_in, sa_out = self.sad.install_pair(
                 dataclasses.replace(pair, inbound=inbound, outbound=outbound),
@@ -782,6 +805,12 @@ class Host:
                          error=str(exc))  # fmt: skip
             self._delete_in_ike(version, pair.inbound.spi, now, "install failed")
             return False
+        if encap is not None:
+            self._udp_routes[id(sa_out)] = (
+                (pair.outbound.src, self.ports.local_real(encap[0])),
+                (pair.outbound.dst, self.ports.peer_real(pair.outbound.dst, encap[1])),
+                strip,
+            )
         child = _Child(version, pair, sa_in, sa_out, now, pair.acquire_id is not None)
         self._children[pair.inbound.spi] = child
         self._child_by_out[pair.outbound.spi] = child
@@ -1019,6 +1048,10 @@ def _simplify(ts: Sequence[TrafficSelector]) -> tuple[TrafficSelector, ...]:
         if not covered:
             out.append(t)
     return tuple(out)
+
+
+def _packed(address: str) -> bytes:
+    return ipaddress.ip_address(address).packed
 
 
 def _spi_of(d: bytes, udp: bool) -> int:

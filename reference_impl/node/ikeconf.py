@@ -324,6 +324,7 @@ def rule_ike(
     life_bytes = ov.child_life_bytes
     if life_bytes is None and first is not None and first.lifetime_kb:
         life_bytes = first.lifetime_kb * 1024
+    life_bytes = life_bytes or None  # 0: no byte lifetime
     sels: list[tuple[TrafficSelector, TrafficSelector]] = []
     peers: list[str] = []
     for e in entries:
@@ -348,7 +349,7 @@ def rule_ike(
         rekey_s=rekey_s,
         life_s=life_s,
         life_bytes=life_bytes,
-        life_packets=ov.child_life_packets,
+        life_packets=ov.child_life_packets or None,
         selectors=tuple(sels),
         peers=() if _is_any(peers) else tuple(dict.fromkeys(peers)),
         pfp=not tunnel,

@@ -7,6 +7,7 @@ ports on the wire (the host's logical 500/4500 translated), so packets in a capt
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from reference_impl.crypto import encr, integ
@@ -46,8 +47,17 @@ def _alg_integ(p: ChildSaParams, keys: bool) -> dict[str, Any] | None:
     return out
 
 
-def _sa(host: Host, p: ChildSaParams, sa: Any, inbound: bool, keys: bool) -> dict[str, Any]:
+def _sa(
+    host: Host,
+    p: ChildSaParams,
+    sa: Any,
+    inbound: bool,
+    keys: bool,
+    negotiated: ChildSaParams | None = None,
+) -> dict[str, Any]:
     encap = None
+    if negotiated is not None:
+        p = dataclasses.replace(p, encap=negotiated.encap)  # the driver may send it raw
     if p.encap is not None:
         if inbound:  # (peer port, our port)
             encap = [host.ports.peer_real(p.src, p.encap[0]), host.ports.local_real(p.encap[1])]
@@ -114,7 +124,9 @@ def child_sas(host: Host, keys: bool = True) -> list[dict[str, Any]]:
                 "initiator": initiators.get(inbound.spi, child.initiator),
                 "installed_at": child.installed,
                 "inbound": _sa(host, inbound, child.inbound, True, keys),
-                "outbound": _sa(host, child.outbound.params, child.outbound, False, keys),
+                "outbound": _sa(
+                    host, child.outbound.params, child.outbound, False, keys, pair.outbound
+                ),
             }
         )
     return out

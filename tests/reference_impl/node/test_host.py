@@ -90,6 +90,30 @@ def test_tunnel_mode_with_pfs(version: str) -> None:
     assert child["outbound"]["ts_src"] == ["10.1.0.0-10.1.0.255"]
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_tunnel_mode_esp_in_udp(version: str) -> None:
+    """RFC 3948 tunnel mode: ESP in UDP 4500 both ways (the driver's fast paths, the node's
+    UDP framing)."""
+    net = Net()
+    a = net.add(A, host(A, inner=(A_IN,)))
+    b = net.add(B, host(B, inner=(B_IN,)))
+    a.load_policy(tunnel_policy(A, B, "10.1.0.0/24", "10.2.0.0/24", version=version), 0, text=True)
+    b.load_policy(tunnel_policy(B, A, "10.2.0.0/24", "10.1.0.0/24", version=version), 0, text=True)
+    a.set_misbehaviour("wrong_natd", True, 0.0)
+    for i in range(3):
+        net.send(A, udp_packet(A_IN, B_IN, 5, 6, b"out %d" % i))
+        net.send(B, udp_packet(B_IN, A_IN, 6, 5, b"back %d" % i))
+        net.run(1.0 + i)
+    assert payloads(net.got(B)) == [b"out 0", b"out 1", b"out 2"]
+    assert payloads(net.got(A))[-2:] == [b"back 1", b"back 2"]
+    esp = net.esp()
+    assert esp and all(w.kind == "udp" and (w.sport, w.dport) == (4500, 4500) for w in esp)
+    # Both ends acquired at once: two IKE SAs cross, both complete, both pairs work.
+    children = sadump.child_sas(a)
+    assert 1 <= len(children) <= 2
+    assert all(c["outbound"]["encap"] == [4500, 4500] and c["encap"] for c in children)
+
+
 @pytest.mark.parametrize(
     "version",
     [

@@ -268,6 +268,20 @@ class NodeClient:
     def send_dummy(self, spi: int, length: int = 0) -> None:
         self.call("send_dummy", spi=spi, length=length)
 
+    def record_received(self, on: bool = True, capacity: int = 4096) -> bool:
+        """Start (or with ``on=False`` stop) recording the ESP/AH datagrams the node
+        receives: the harness's view of what the other end sent (see :meth:`received`)."""
+        return bool(self.call("record_received", on=on, capacity=capacity)["recording"])
+
+    def received(self, limit: int | None = None, peek: bool = False) -> list[Received]:
+        """ESP/AH datagrams received since recording began, oldest first; taken from the
+        node's buffer unless ``peek``."""
+        items = self.call("received", max=limit, peek=peek)
+        return [
+            Received(i["time"], bytes.fromhex(i["packet"]), tuple(i["udp"]) if i["udp"] else None)
+            for i in items
+        ]
+
     def shutdown(self) -> None:
         """Ask the node to stop gracefully (Deletes sent, device and routes removed)."""
         try:
@@ -286,6 +300,17 @@ class Delivered:
     """Arrived under ESP/AH (False: accepted in clear)."""
     spi: int | None
     packet: bytes
+
+
+@dataclass(frozen=True)
+class Received:
+    """One ESP/AH datagram a node received."""
+
+    time: float
+    data: bytes
+    """The IP datagram (raw ESP/AH), or the UDP payload (ESP in UDP, RFC 3948)."""
+    udp: tuple[str, int, str, int] | None
+    """ESP in UDP: (source address, source port, local address, local port)."""
 
 
 class _Lines:

@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,9 @@ class NodeRuntime:
         self._stop = asyncio.Event()
         self._readers: list[int] = []
         self.started = time.time()
+        self.wire_log: deque[tuple[float, bytes, tuple[str, int, str, int] | None]] | None = None
+        """ESP and AH as they arrived, while the harness records them (``record_received``):
+        raw datagrams, and ESP-in-UDP payloads with (source, port, local address, port)."""
 
     # ------------------------------------------------------------------------------ start/stop
 
@@ -259,6 +263,7 @@ class NodeRuntime:
         recvfrom = ep.sock.recvfrom
         local = (ep.address, ep.port)
         host = self.host
+        natt = ep.port == self.cfg.ike.natt_port
 
         def read() -> None:
             now = self.clock.now()
@@ -271,6 +276,13 @@ class NodeRuntime:
                 except OSError:
                     errors = True  # an ICMP error is pending: it is in the error queue too
                     continue
+                if (
+                    natt
+                    and self.wire_log is not None
+                    and len(data) >= 8
+                    and data[:4] != b"\0\0\0\0"
+                ):
+                    self.wire_log.append((now, data, (addr[0], addr[1], local[0], local[1])))
                 host.udp_received(data, (addr[0], addr[1]), local, now)
             if errors:
                 for e in ep.recv_errors():
@@ -316,6 +328,10 @@ class NodeRuntime:
         return run
 
     def _on_wire_ip(self, packet: bytes) -> None:
+        if self.wire_log is not None and len(packet) >= 20:
+            proto = packet[9] if packet[0] >> 4 == 4 else packet[6]
+            if proto in (50, 51):
+                self.wire_log.append((self.clock.now(), packet, None))
         self.host.raw_received(packet, self.clock.now())
 
     # ------------------------------------------------------------------------------- outputs
@@ -681,6 +697,31 @@ def METHODS_BOUND(rt: NodeRuntime) -> dict[str, Callable[[dict[str, Any]], Await
         rt.after()
         return {"verdict": verdict.name.lower()}
 
+    async def record_received(p: dict[str, Any]) -> Any:
+        """Record the ESP/AH datagrams this node receives (``on``, ``capacity``): the
+        harness's view of what a peer sent; ``on: false`` stops and forgets them."""
+        if p.get("on", True):
+            capacity = int(p.get("capacity", 4096))
+            if not 0 < capacity <= 1_000_000:
+                raise ControlError("bad_params", "capacity is 1..1000000")
+            rt.wire_log = deque(rt.wire_log or (), maxlen=capacity)
+        else:
+            rt.wire_log = None
+        return {"recording": rt.wire_log is not None}
+
+    async def received(p: dict[str, Any]) -> Any:
+        """The recorded ESP/AH datagrams (``max``, ``peek``), oldest first: ``packet`` is the
+        IP datagram, or the UDP payload with ``udp`` = [source, port, local address, port]."""
+        log_ = rt.wire_log
+        if log_ is None:
+            raise ControlError("refused", "not recording (method record_received)")
+        n = len(log_) if p.get("max") is None else min(int(p["max"]), len(log_))
+        items = [log_[i] for i in range(n)]
+        if not p.get("peek"):
+            for _ in range(n):
+                log_.popleft()
+        return [{"time": t, "packet": d.hex(), "udp": list(u) if u else None} for t, d, u in items]
+
     async def shutdown(p: dict[str, Any]) -> Any:
         """Stop gracefully (as SIGTERM): Deletes sent, device and routes removed."""
         rt.stop()
@@ -720,6 +761,8 @@ def METHODS_BOUND(rt: NodeRuntime) -> dict[str, Callable[[dict[str, Any]], Await
             "misbehaviours": misbehaviours,
             "set_next_seq": set_next_seq,
             "send_dummy": send_dummy,
+            "record_received": record_received,
+            "received": received,
             "shutdown": shutdown,
         }.items()
     }

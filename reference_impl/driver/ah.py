@@ -25,7 +25,12 @@ from reference_impl.driver.base import (
     SecurityAssociation,
     integrity_algorithm,
 )
-from reference_impl.driver.esp import OutboundSa, _ecn_of, _inner_next_header
+from reference_impl.driver.esp import (
+    OutboundSa,
+    _ecn_of,
+    _inner_next_header,
+    _selectors_match,
+)
 from reference_impl.driver.packet import (
     IPPROTO_AH,
     IPPROTO_DSTOPTS,
@@ -37,7 +42,6 @@ from reference_impl.driver.packet import (
     IpInfo,
     MalformedPacket,
     ecn_decapsulate,
-    flow_of,
     set_inner_ecn,
     set_lengths,
     transport_split,
@@ -324,12 +328,7 @@ class AhInbound(SecurityAssociation):
             header[info.proto_offset] = nh
             set_lengths(header, info.version, off + len(payload))
             inner = bytes(header) + payload
-        if not self.selectors.match_all:
-            try:
-                ok = self.selectors.matches(flow_of(inner))
-            except MalformedPacket as e:
-                return self._drop(Verdict.MALFORMED, d, now, seq, str(e)), b""
-            if not ok:
-                return self._drop(Verdict.SELECTOR_MISMATCH, d, now, seq), b""
+        if not _selectors_match(self.selectors, inner):
+            return self._drop(Verdict.SELECTOR_MISMATCH, d, now, seq), b""
         self._account(len(inner), now)
         return Verdict.DELIVERED, inner

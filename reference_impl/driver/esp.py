@@ -56,6 +56,7 @@ from reference_impl.driver.packet import (
     udp_checksum_v6,
 )
 from reference_impl.driver.replay import ReplayWindow
+from reference_impl.driver.selectors import SelectorMatcher
 from reference_impl.driver.verdict import Verdict
 from reference_impl.errors import LocalProtocolError, RemoteProtocolError
 from reference_impl.sa import ChildSaParams, IpsecProtocol, Mode
@@ -216,7 +217,6 @@ class OutboundSa(SecurityAssociation):
             self._soft(LifetimeKind.SEQUENCE, now)
         if seq >= self._seq_max:
             self._expire(LifetimeKind.SEQUENCE, now)
-        self._recompute()
 
     def _outer_tos(self, inner_tos: int) -> int:
         o = self.options
@@ -239,7 +239,8 @@ class OutboundSa(SecurityAssociation):
         tos = self._outer_tos(inner_tos)
         o = self.options
         if self._family == 4:
-            df = {"copy": inner_df, "set": 0x40, "clear": 0}[o.df] << 8
+            policy = o.df
+            df = (inner_df if policy == "copy" else 0x40 if policy == "set" else 0) << 8
             return ipv4_header(
                 tos=tos,
                 total_length=20 + body_length,
@@ -567,23 +568,85 @@ class _EspOutboundFast4(EspOutbound):
         return _DELIVERED, hdr + self._seal(hdr[28:], packet + tr, hdr[20:28])
 
 
+_HDR4T_ESP = struct.Struct(">HHHIHQIIQ")
+"""Transport mode: the packet's own IPv4 header (version/IHL|TOS, total length,
+identification, flags/fragment|TTL|protocol, checksum, src|dst) + ESP header + IV."""
+_PACK_HDR4T_ESP = _HDR4T_ESP.pack
+_UNPACK_IPV4_FIELDS = struct.Struct(">H2xHI2xQ").unpack_from
+"""(version/IHL|TOS, identification, flags/fragment|TTL|protocol, src << 32 | dst)."""
+_TRAILERS_TL4T = tuple(tuple((t, len(t) + 32) for t in _trailers(4, nh)) for nh in range(256))
+"""Per Next Header: (trailer, octets transport mode adds to the packet length: 8 ESP + 8 IV +
+trailer + 16 ICV), indexed by payload length % 4."""
+
+
+class _EspOutboundFastTransport4(EspOutbound):
+    """``EspOutbound`` specialised for transport mode over IPv4 (no options, not a fragment)
+    with an AEAD with a 16-octet ICV, no ESN and no UDP encapsulation.
+
+    The packet's header is kept (TOS, identification, flags, TTL, addresses) with protocol
+    50, the new total length and its checksum recomputed, as the general path does.
+    """
+
+    __slots__ = ("_spi_value",)
+
+    def protect(self, packet: bytes, now: float) -> tuple[Verdict, bytes]:
+        seq = self.seq + 1
+        n = len(packet)
+        octets = self.octets + n
+        if (
+            seq >= self._next_seq
+            or octets >= self._next_octets
+            or now >= self._next_time
+            or n < 20
+            or packet[0] != 0x45
+            or (packet[2] << 8 | packet[3]) != n
+        ):
+            return self._protect_slow(packet, now)
+        vt, ident, w, addrs = _UNPACK_IPV4_FIELDS(packet)
+        if w & 0x3FFF0000:  # a fragment: the general path refuses it
+            return self._protect_slow(packet, now)
+        self.seq = seq
+        self.octets = octets
+        tr, tl = _TRAILERS_TL4T[w & 0xFF][n & 3]
+        tl += n
+        w = (w & 0xFFFFFF00) | IPPROTO_ESP
+        hdr = _PACK_HDR4T_ESP(
+            vt,
+            tl,
+            ident,
+            w,
+            # The one's complement sum of 16-bit words is the value mod 0xFFFF (RFC 1071).
+            0xFFFE - (vt + tl + ident + w + addrs - 1) % 0xFFFF,
+            addrs,
+            self.spi,
+            seq,
+            seq,
+        )
+        return _DELIVERED, hdr + self._seal(hdr[28:], packet[20:] + tr, hdr[20:28])
+
+
 def make_esp_outbound(
     params: ChildSaParams, now: float, ctx: DriverContext, options: SaOptions = DEFAULT_OPTIONS
 ) -> EspOutbound:
-    """The outbound ESP SA for ``params``, with the fast path when the configuration has one."""
-    fast = (
+    """The outbound ESP SA for ``params``, with a fast path when the configuration has one."""
+    common = (
         params.encr_id
         in (EncrId.ENCR_AES_GCM_16, EncrId.ENCR_CHACHA20_POLY1305, EncrId.ENCR_AES_CCM_16)
         and not params.esn
-        and params.mode == Mode.TUNNEL
         and params.encap is None
-        and (options.tfc_pad_to == 0 or not params.tfc_padding)
-        and options.df == "copy"
-        and options.dscp is None
-        and options.ecn == "normal"
         and ":" not in params.src
     )
-    cls = _EspOutboundFast4 if fast else EspOutbound
+    cls: type[EspOutbound] = EspOutbound
+    if common and params.mode == Mode.TUNNEL:
+        if (
+            (options.tfc_pad_to == 0 or not params.tfc_padding)
+            and options.df == "copy"
+            and options.dscp is None
+            and options.ecn == "normal"
+        ):
+            cls = _EspOutboundFast4
+    elif common:
+        cls = _EspOutboundFastTransport4
     return cls(params, now, ctx, options)
 
 
@@ -605,6 +668,7 @@ class EspInbound(SecurityAssociation):
         "_mac",
         "_open",
         "fast4",
+        "fast_tunnel",
         "sel_mask",
         "sel_net",
         "window",
@@ -655,12 +719,13 @@ class EspInbound(SecurityAssociation):
             alg.id
             in (EncrId.ENCR_AES_GCM_16, EncrId.ENCR_CHACHA20_POLY1305, EncrId.ENCR_AES_CCM_16)
             and not params.esn
-            and params.mode == Mode.TUNNEL
+            and params.encap is None
             and params.replay_window > 0
             and options.check_padding
             and self.sel_net >= 0
         )
         """Whether ``Sad.unprotect``'s IPv4 fast path may handle this SA."""
+        self.fast_tunnel = params.mode == Mode.TUNNEL
 
     def _prepare(self) -> None:
         cipher = self._encr_alg.prepare(self.params.encr_key)
@@ -757,15 +822,33 @@ class EspInbound(SecurityAssociation):
             inner = bytes(header) + pt[:end]
             if udp:
                 inner = fix_transport_checksum(inner)
-        if not self.selectors.match_all:
-            try:
-                ok = self.selectors.matches(flow_of(inner))
-            except MalformedPacket as e:
-                return self._drop(Verdict.MALFORMED, d, now, seq, str(e)), b""
-            if not ok:
-                return self._drop(Verdict.SELECTOR_MISMATCH, d, now, seq), b""
+        if not _selectors_match(self.selectors, inner):
+            return self._drop(Verdict.SELECTOR_MISMATCH, d, now, seq), b""
         self._account(len(inner), now)
         return Verdict.DELIVERED, inner
+
+
+def _selectors_match(selectors: SelectorMatcher, inner: bytes) -> bool:
+    """RFC 4301 §5.2 step 4 for a decapsulated packet (which is well-formed by now); address
+    ranges alone are read straight from the header, anything else via ``flow_of``."""
+    simple = selectors.simple
+    if simple is not None:
+        version, slo, shi, dlo, dhi = simple
+        if inner[0] >> 4 != version:
+            return False
+        if version == 4:
+            src = int.from_bytes(inner[12:16], "big")
+            dst = int.from_bytes(inner[16:20], "big")
+        else:
+            src = int.from_bytes(inner[8:24], "big")
+            dst = int.from_bytes(inner[24:40], "big")
+        return slo <= src <= shi and dlo <= dst <= dhi
+    if selectors.match_all:
+        return True
+    try:
+        return selectors.matches(flow_of(inner))
+    except MalformedPacket:
+        return False
 
 
 def _prefix_mask(lo: int, hi: int) -> int | None:

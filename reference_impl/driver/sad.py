@@ -25,6 +25,8 @@ from reference_impl.driver.base import (
     packet_addresses,
 )
 from reference_impl.driver.esp import (
+    _UNPACK_IPV4_FIELDS,
+    PADDING,
     TRAILERS_IPV4,
     EspInbound,
     EspOutbound,
@@ -55,6 +57,9 @@ _OUTER4 = struct.Struct(">HH2xI10xII8x")
 SPI, sequence number); 36 octets so that a shorter datagram never reaches the fast path."""
 _INNER4 = struct.Struct(">BxH8xQ")
 """Inner IPv4 header: (version/IHL, total length, source << 32 | destination)."""
+_PACK_IPV4 = struct.Struct(">HHHIHQ").pack
+"""An IPv4 header without options from (version/IHL|TOS, total length, identification,
+flags/fragment|TTL|protocol, checksum, src << 32 | dst)."""
 _UNPACK_OUTER4 = _OUTER4.unpack_from
 _UNPACK_INNER4 = _INNER4.unpack_from
 _U32 = struct.Struct(">I")
@@ -372,23 +377,51 @@ class SecurityAssociationDatabase:
             win.replay_top = seq
         else:
             win.replay_bits |= 1 << (top - seq)
-        try:
-            vihl, itl, addrs = _UNPACK_INNER4(pt)
-        except struct.error:
-            vihl = itl = addrs = -1
-        if (
-            vihl == 0x45
-            and pt[itl:] == TRAILERS_IPV4[itl & 3]
-            and addrs & sa.sel_mask == sa.sel_net
-        ):
-            p = sa._packets + 1
-            b = sa.octets + itl
-            if p < sa._next_packets and b < sa._next_octets:
-                sa._packets = p
-                sa.octets = b
-            else:
-                sa._account(itl, now)
-            return _DELIVERED, pt[:itl], sa
+        if sa.fast_tunnel:
+            try:
+                vihl, itl, addrs = _UNPACK_INNER4(pt)
+            except struct.error:
+                vihl = itl = addrs = -1
+            if (
+                vihl == 0x45
+                and pt[itl:] == TRAILERS_IPV4[itl & 3]
+                and addrs & sa.sel_mask == sa.sel_net
+            ):
+                p = sa._packets + 1
+                b = sa.octets + itl
+                if p < sa._next_packets and b < sa._next_octets:
+                    sa._packets = p
+                    sa.octets = b
+                else:
+                    sa._account(itl, now)
+                return _DELIVERED, pt[:itl], sa
+        elif len(pt) >= 2:
+            # Transport mode: put the payload back behind the received header (RFC 4303
+            # §3.4.4.1 for the trailer, §3.1.1 for the layout).
+            n = len(pt)
+            pad = pt[-2]
+            nh = pt[-1]
+            end = n - 2 - pad
+            vt, ident, w, addrs = _UNPACK_IPV4_FIELDS(d)
+            if (
+                end >= 0
+                and nh != 59
+                and pt[end : n - 2] == PADDING[pad]
+                and addrs & sa.sel_mask == sa.sel_net
+            ):
+                itl = 20 + end
+                w = (w & 0xFFFFFF00) | nh
+                hdr = _PACK_IPV4(
+                    vt, itl, ident, w, 0xFFFE - (vt + itl + ident + w + addrs - 1) % 0xFFFF, addrs
+                )
+                p = sa._packets + 1
+                b = sa.octets + itl
+                if p < sa._next_packets and b < sa._next_octets:
+                    sa._packets = p
+                    sa.octets = b
+                else:
+                    sa._account(itl, now)
+                return _DELIVERED, hdr + pt[:end], sa
         info = parse_ip(d, _STOP)
         verdict, inner = sa.after_decrypt(pt, d, info, False, seq, now)
         return verdict, inner, sa

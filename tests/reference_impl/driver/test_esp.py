@@ -14,7 +14,6 @@ from reference_impl.crypto import encr
 from reference_impl.crypto.ids import EncrId
 from reference_impl.driver import EspOutbound, LifetimeKind, Sad, SaExpired, SaOptions, Verdict
 from reference_impl.driver.base import DriverContext
-from reference_impl.driver.esp import _EspOutboundFast4
 from reference_impl.driver.packet import ipv4_header
 from reference_impl.sa import ChildSaParams, IpsecProtocol, Mode
 
@@ -594,49 +593,71 @@ def test_transport_udp_encap_fixes_checksum() -> None:
 # --- fast path == general path --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", [Mode.TUNNEL, Mode.TRANSPORT])
 @pytest.mark.parametrize("suite", [GCM, CHACHA, ESP_SUITES[4]], ids=lambda s: s.name)
-def test_fast_protect_equals_general(suite: object) -> None:
+def test_fast_protect_equals_general(suite: object, mode: Mode) -> None:
     s = next(x for x in ESP_SUITES if x is suite)
     keys = keys_for(s, random.Random(23))
-    p = params(s, keys)
+    hosts = V4_INNER if mode is Mode.TUNNEL else V4_OUTER
+    p = params(s, keys, mode=mode, inner=hosts)
     _sad, fast, _ = pair(p)
-    assert isinstance(fast, _EspOutboundFast4)
+    assert type(fast).__name__ in ("_EspOutboundFast4", "_EspOutboundFastTransport4")
     general = EspOutbound(p, 0.0, DriverContext(16))
     rng = random.Random(24)
     for i in range(200):
-        inner = V6_INNER if i % 17 == 0 else V4_INNER
-        tos = rng.randrange(256)
-        pkt = bytearray(inner_packet(*inner, rng.randrange(0, 1500), rng=rng))
-        if inner is V4_INNER:
-            pkt[1] = tos
-            pkt[6] = rng.choice([0, 0x40])
+        if mode is Mode.TUNNEL and i % 17 == 0:
+            pkt = bytearray(inner_packet(*V6_INNER, rng.randrange(0, 1500), rng=rng))
+        else:
+            proto = rng.choice(["udp", "tcp", "icmp"])
+            pkt = bytearray(inner_packet(*hosts, rng.randrange(0, 1500), proto, rng=rng))
+            pkt[1] = rng.randrange(256)  # TOS
+            pkt[6] = rng.choice([0, 0x40])  # DF
+            pkt[8] = rng.randrange(1, 256)  # TTL
+            if i % 23 == 0:
+                pkt[6] |= 0x20  # a fragment: refused by both
         assert fast.protect(bytes(pkt), 0.0) == general.protect(bytes(pkt), 0.0)
-    assert fast.packets == general.packets == 200 and fast.octets == general.octets
+    assert fast.packets == general.packets and fast.octets == general.octets
+    assert fast.drops == general.drops
 
 
-def test_fast_unprotect_equals_general() -> None:
+@pytest.mark.parametrize("mode", [Mode.TUNNEL, Mode.TRANSPORT])
+def test_fast_unprotect_equals_general(mode: Mode) -> None:
     keys = keys_for(GCM, random.Random(25))
-    p = params(GCM, keys)
+    hosts = V4_INNER if mode is Mode.TUNNEL else V4_OUTER
+    p = params(GCM, keys, mode=mode, inner=hosts)
     fast_sad, _, fast_in = pair(p)
     slow_sad, _, slow_in = pair(p)
-    slow_in.fast4 = False  # type: ignore[union-attr]
+    slow_sad._esp_fast.clear()  # type: ignore[attr-defined]
     assert fast_in.fast4  # type: ignore[union-attr]
     wide = with_(p, ts_src=(), ts_dst=())
     rng = random.Random(26)
     datagrams = []
     for seq in range(1, 400):
         kind = rng.randrange(10)
-        pkt = inner_packet(*V4_INNER, rng.randrange(0, 300), rng=rng)
+        pkt = inner_packet(*hosts, rng.randrange(0, 300), rng=rng)
         if kind == 0:
             d = _crafted(p, pkt, seq, tfc_pad_to=400)
         elif kind == 1:
             d = _crafted(p, pkt, seq, next_header=59)
         elif kind == 2:
-            d = _crafted(wide, inner_packet("10.7.0.1", V4_INNER[1], 20), seq)
+            stranger = ("10.7.0.1", hosts[1]) if mode is Mode.TUNNEL else hosts
+            d = _crafted(wide, inner_packet(*stranger, 20), seq)
+            if mode is Mode.TRANSPORT:  # a packet from another host
+                b = bytearray(d)
+                b[12:16] = bytes([10, 7, 0, 1])
+                d = bytes(b)
         elif kind == 3:
             d = _crafted(p, pkt, seq, pad_length=(-(len(pkt) + 2)) % 4 + 8)
-        elif kind == 4:
+        elif kind == 4 and mode is Mode.TUNNEL:
             d = _crafted(p, inner_packet(*V6_INNER, 10), seq)
+        elif kind == 4:
+            d = _crafted(
+                p,
+                pkt,
+                seq,
+                pad_length=(-(len(pkt) + 2)) % 4 + 4,
+                padding=b"\x09" * ((-(len(pkt) + 2)) % 4 + 4),
+            )
         elif kind == 5:
             b = bytearray(_crafted(p, pkt, seq))
             b[rng.randrange(20, len(b))] ^= 4

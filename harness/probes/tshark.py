@@ -87,7 +87,8 @@ def cross_check(pcap: str | Path, report: OracleReport, table: WiresharkTable) -
 
     Compared: for every ESP SA in the table, the count of good and bad ICVs; for every
     IKEv2 SA in the table, which encrypted messages verified; for IKEv1, that both decrypted
-    the same messages (Wireshark 4.0 shows their HASH payloads, it does not check them).
+    the same messages (Wireshark 4.0 shows their HASH payloads, it does not check them, and
+    it garbles retransmitted ones, which are left out).
     """
     frames = run(pcap, table)
     disagreements: list[str] = []
@@ -126,7 +127,8 @@ def cross_check(pcap: str | Path, report: OracleReport, table: WiresharkTable) -
                 theirs = MALFORMED if not f.ike_decrypted else theirs
             if theirs != ours:
                 disagreements.append(f"IKEv2 frame {m.frame}: tshark {theirs}, oracle {ours}")
-        else:
+        elif not m.retransmission:  # Wireshark 4.0 decrypts an IKEv1 retransmission with
+            # the IV chain already moved on (it does not recognise it): nothing to compare
             ours_hash = any(p == "HASH" for p in m.payloads)
             if ours_hash != bool(f.ike_hash) and m.integrity != MALFORMED:
                 theirs = "decrypted" if f.ike_hash else "did not decrypt"

@@ -97,7 +97,7 @@ def test_json_round_trip(tmp_path: Path, capture: Capture) -> None:
 
 
 def _node_dump() -> list[dict[str, object]]:
-    """The shape documented in /work/notes/oracle-keys.md for the node's list_sas."""
+    """A hand-written dump: the nested list form, JSON selectors, names and bare ids."""
     return [
         {
             "name": "t",

@@ -337,3 +337,19 @@ def test_ipsec_without_any_key_is_unchecked_not_passed(name: str) -> None:
     assert report.totals()["undecrypted"] == 4 and not report.ipsec_ok
     # sequence analysis needs no keys
     assert {(s.seq_first, s.seq_last) for s in report.ipsec_sas} == {(1, 2)}
+
+
+def test_retransmitted_ike_messages(tmp_path: Path, capture: Capture) -> None:
+    """A retransmission is the same datagram again: IKEv2 verifies it as before, IKEv1
+    decrypts it with the IV of its first copy (the CBC chain does not move, RFC 2409
+    Appendix B), and nothing else changes."""
+    n = 6 if capture.version == 1 else 2  # Quick Mode 1 / IKE_AUTH request (0-based frames)
+    pcap = _edited(
+        tmp_path, capture, lambda fr: [*fr[: n + 1], (fr[n][0] + 0.5, fr[n][1]), *fr[n + 1 :]]
+    )
+    report = check_pcap(pcap, _keys(capture))
+    assert report.ok, report.summary()
+    first, again = report.ike_messages[n], report.ike_messages[n + 1]
+    assert (first.retransmission, again.retransmission) == (False, True)
+    assert again.payloads == first.payloads and again.integrity == first.integrity == ICV_GOOD
+    assert all(m.integrity == ICV_GOOD for m in report.ike_messages if m.encrypted)

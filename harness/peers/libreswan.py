@@ -328,6 +328,8 @@ class LibreswanPeer(Peer):
             conn.append("    aggressive=yes")
         if sc.force_encap:
             conn.append("    encapsulation=yes")
+        if sc.replay_window is not None:
+            conn.append(f"    replay-window={sc.replay_window}")
         if sc.fragmentation is not None:
             conn.append(f"    fragmentation={'yes' if sc.fragmentation else 'no'}")
         if lt.ike_rekey is not None:

@@ -592,6 +592,8 @@ def scenario_ike(sc: Scenario) -> dict[str, Any]:
         "force_encap": sc.force_encap,
         "packet_selectors": False,
     }
+    if sc.replay_window is not None:
+        ike["replay_window"] = sc.replay_window
     if sc.fragmentation is not None:
         ike["fragmentation"] = sc.fragmentation
     if sc.retransmit is not None:

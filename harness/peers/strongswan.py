@@ -377,6 +377,8 @@ class StrongSwanPeer(Peer):
                     child[key] = str(setting)
             if scenario.dpd is not None:
                 child["dpd_action"] = scenario.dpd.action
+            if scenario.replay_window is not None:
+                child["replay_window"] = str(scenario.replay_window)
             conn["children"] = {scenario.child_name: child}
         try:
             s.load_conn({scenario.name: conn})

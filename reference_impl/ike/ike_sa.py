@@ -702,7 +702,7 @@ class IkeSa:
         certreq = _init_certreq(tuple(configs))
         if certreq:
             payloads.append(CertReqPayload(CertEncoding.X509_CERT_SIGNATURE, certreq))
-        if sa.peer_frag and any(c.fragmentation for c in configs):
+        if sa.peer_frag and (config.fragmentation or any(c.fragmentation for c in configs)):
             payloads.append(NotifyPayload(N.IKEV2_FRAGMENTATION_SUPPORTED))
         else:
             sa.peer_frag = False
@@ -2362,6 +2362,7 @@ def _certreq_of(configs: tuple[PeerConfig, ...]) -> bytes:
     return b""
 
 
+@lru_cache(maxsize=64)
 def _hash_list(hashes: tuple[int, ...]) -> bytes:
     return b"".join(h.to_bytes(2, "big") for h in hashes)
 

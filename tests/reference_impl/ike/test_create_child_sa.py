@@ -535,3 +535,55 @@ def test_queued_child_fails_with_its_ike_sa() -> None:
     fails = a.of(NegotiationFailed)
     assert sorted(f.acquire_id or 0 for f in fails) == [1, 2]
     assert all(f.reason is FailureReason.PEER_SILENT for f in fails)
+
+
+class _Probe:
+    """A hand-made request on an established IKE SA; keeps the response payloads."""
+
+    def __init__(self, exchange: int, payloads: list[object]) -> None:
+        from reference_impl.ike.ike_sa import Task
+
+        probe = self
+
+        class T(Task):
+            def build(self, sa: IkeSa, now: float) -> list:  # type: ignore[type-arg]
+                return list(payloads)  # type: ignore[arg-type]
+
+            def done(self, sa: IkeSa, got: list, now: float) -> None:  # type: ignore[type-arg]
+                probe.response = got
+
+        T.exchange = exchange
+        self.task = T()
+        self.response: list[object] | None = None
+
+
+@pytest.mark.parametrize(
+    ("exchange", "payloads", "notify"),
+    [
+        # RFC 7296 §2.5: an unknown payload with the critical bit set
+        (37, "critical", 1),
+        # a CREATE_CHILD_SA request without its Nonce: INVALID_SYNTAX (§2.21.2)
+        (36, "no-nonce", 7),
+    ],
+)
+def test_malformed_protected_requests_are_answered_with_the_error(
+    exchange: int, payloads: str, notify: int
+) -> None:
+    from reference_impl.ike.payloads import NotifyPayload, SaPayload, UnknownPayload
+
+    net, _a, _b, sa_a, sa_b = up()
+    if payloads == "critical":
+        body: list[object] = [UnknownPayload(222, b"?", critical=True)]
+    else:
+        cfg = sa_a.config
+        assert cfg is not None
+        body = [SaPayload([cfg.children[0].proposals[0].to_proposal(1, b"\0\0\1\0")])]
+    probe = _Probe(exchange, body)
+    sa_a.queue_task(probe.task, net.now)  # type: ignore[arg-type]
+    net.run(2)
+    assert probe.response is not None
+    (n,) = probe.response
+    assert isinstance(n, NotifyPayload) and n.notify_type == notify
+    if notify == 1:
+        assert n.data == bytes([222])
+    assert sa_b.state == IkeState.ESTABLISHED  # the IKE SA survives

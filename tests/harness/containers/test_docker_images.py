@@ -20,7 +20,9 @@ from harness import images
 from harness.topology.run import DOCKER_LABEL, current_run
 from tests.harness.containers.conftest import free_subnet
 
-pytestmark = [pytest.mark.needs_docker, pytest.mark.timeout(900)]
+# Slow: the first test of a session builds the images (minutes on a fresh machine, seconds when
+# cached), and each test starts containers.
+pytestmark = [pytest.mark.needs_docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
 PSK = "containers-test-psk-0123456789"
 
@@ -189,18 +191,17 @@ secrets {{ ike-t {{ id-a = {me}
 """
 
 
-@pytest.mark.slow
 def test_an_unchanged_rebuild_is_cached(built_images: dict[str, str]) -> None:
     """A second build with nothing changed reuses every layer: seconds, the same images."""
     before = {n: (images.inspect_image(t) or {}).get("Id") for n, t in built_images.items()}
-    start = time.monotonic()
     results = images.build(["strongswan", "libreswan"], log=lambda line: None)
-    elapsed = time.monotonic() - start
     assert {r.name: r.image_id for r in results} == {
         "strongswan": before["strongswan"],
         "libreswan": before["libreswan"],
     }
-    assert elapsed < 30, f"cached rebuild took {elapsed:.1f} s"
+    # Per image, from the start of its docker build (not waiting for another worker's build).
+    slowest = max(r.seconds for r in results)
+    assert slowest < 15, f"a cached rebuild took {slowest:.1f} s"
 
 
 def test_images_carry_their_labels(built_images: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from harness.topology.run import DOCKER_LABEL
 
 pytestmark = [
     pytest.mark.needs_docker,
+    pytest.mark.slow,
     pytest.mark.timeout(900),
     pytest.mark.usefixtures("built_images", "docker_build_on_demand", "no_leftovers"),
 ]

@@ -158,6 +158,11 @@ class IkeService:
             self._timer_of[key] = t
             self._heap_seq += 1
             heapq.heappush(self._heap, (t, self._heap_seq, sa))
+        if len(self._heap) > 4 * len(self._timer_of) + 1024:
+            # Entries are invalidated lazily; drop the stale ones before they pile up.
+            timer_of = self._timer_of
+            self._heap = [e for e in self._heap if timer_of.get(id(e[2])) == e[0]]
+            heapq.heapify(self._heap)
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called (``None``: nothing pending)."""

@@ -587,3 +587,15 @@ def test_malformed_protected_requests_are_answered_with_the_error(
     if notify == 1:
         assert n.data == bytes([222])
     assert sa_b.state == IkeState.ESTABLISHED  # the IKE SA survives
+
+
+def test_timer_heap_stays_small() -> None:
+    """Stale timer entries (lazily invalidated) are compacted away: many liveness checks on
+    one IKE SA do not grow the service's timer heap without bound."""
+    net, a, b, sa_a, _sa_b = up()
+    for _ in range(1500):
+        a.service.liveness_check(sa_a.ike_sa_id, net.now)
+        net.settle()
+        net.now += 0.001
+    assert len(a.service._heap) < 1100
+    assert a.service.get_timer() is not None

@@ -58,7 +58,7 @@ def _roundtrip(suite: Suite, layout: str, esn: bool, encap: tuple[int, int] | No
         out.set_next_seq((HIGH << 32) | first_low)
         inn.window.reset_window((HIGH << 32) | (first_low - 1))  # type: ignore[union-attr]
     low = first_low
-    for size in (0, 1, 2, 17, 1400):
+    for size in (0, 3, 1400):
         pkt = inner_packet(*inner, size, rng=rng)
         # ours -> scapy
         verdict, datagram = out.protect(pkt, 1.0)
@@ -70,7 +70,7 @@ def _roundtrip(suite: Suite, layout: str, esn: bool, encap: tuple[int, int] | No
         verdict, got, sa = sad.unprotect(enc, 1.0)
         assert (verdict, got) == (Verdict.DELIVERED, pkt)
         assert sa is inn
-    assert inn.packets == 5
+    assert inn.packets == 3
 
 
 @pytest.mark.parametrize("esn", [False, True], ids=["32bit", "esn"])

@@ -592,7 +592,7 @@ def test_malformed_protected_requests_are_answered_with_the_error(
 def test_timer_heap_stays_small() -> None:
     """Stale timer entries (lazily invalidated) are compacted away: many liveness checks on
     one IKE SA do not grow the service's timer heap without bound."""
-    net, a, b, sa_a, _sa_b = up()
+    net, a, _b, sa_a, _sa_b = up()
     for _ in range(1500):
         a.service.liveness_check(sa_a.ike_sa_id, net.now)
         net.settle()

@@ -29,7 +29,7 @@ import os
 import struct
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.probes.keys import IkeSaEntry, IpsecSaEntry
@@ -511,6 +511,210 @@ RESERVED_FLAGS = 0xFF & ~(HeaderFlag.INITIATOR | HeaderFlag.VERSION | HeaderFlag
 """The IKE header flag bits RFC 7296 §3.1 leaves reserved (besides I, V, R)."""
 
 
+# --- cleartext IKE: IKE_SA_INIT, payload chain edits, IKEv1 Main Mode 1 -------------------------
+
+_TRANSFORM_TYPES = {"encr": 1, "prf": 2, "integ": 3, "dh": 4, "esn": 5}
+
+
+def ike_proposal(
+    num: int = 1,
+    *,
+    encr: tuple[int, int | None] = (12, 256),
+    integ_id: int | None = 12,
+    prf_id: int = 5,
+    dh_id: int = 14,
+    protocol_id: int = 1,
+    spi: bytes = b"",
+) -> v2p.Proposal:
+    """One IKE proposal (RFC 7296 §3.3.1); the default is AES_CBC_256/HMAC_SHA2_256_128/
+    PRF_HMAC_SHA2_256/MODP_2048. ``encr`` key bits ``None`` omits the Key Length attribute
+    (catalogue IKEV2-NEG-006)."""
+    ts = [v2p.Transform(1, encr[0], encr[1])]
+    ts.append(v2p.Transform(2, prf_id))
+    if integ_id:
+        ts.append(v2p.Transform(3, integ_id))
+    ts.append(v2p.Transform(4, dh_id))
+    return v2p.Proposal(num, protocol_id, spi, ts)
+
+
+@dataclass
+class SaInit:
+    """An IKE_SA_INIT request built with the IKEv2 codec; change any field before
+    :meth:`encode` (RFC 7296 §1.2). ``natd`` computes NAT_DETECTION_SOURCE_IP/DESTINATION_IP
+    for ``(source, destination)`` addresses (RFC 7296 §2.23); ``forge_natd`` garbles them so
+    the peer believes there is a NAT. ``extra`` payloads go between KE and Ni."""
+
+    spi_i: bytes = b""
+    proposals: list[v2p.Proposal] | None = None
+    dh_group: int = 14
+    ke_data: bytes | None = None
+    nonce: bytes = b""
+    natd: tuple[tuple[str, int], tuple[str, int]] | None = None
+    forge_natd: bool = False
+    cookie: bytes | None = None
+    extra: tuple[v2p.Payload, ...] = ()
+    notifies: tuple[v2p.NotifyPayload, ...] = ()
+    key_exchange: Any = field(default=None, init=False, repr=False)
+    """Our side of the Diffie-Hellman exchange when ``ke_data`` was generated."""
+
+    def __post_init__(self) -> None:
+        from reference_impl.crypto import dh
+
+        self.spi_i = self.spi_i or os.urandom(8)
+        self.nonce = self.nonce or os.urandom(32)
+        if self.proposals is None:
+            self.proposals = [ike_proposal(dh_id=self.dh_group)]
+        if self.ke_data is None:
+            self.key_exchange = dh(self.dh_group).generate()
+            self.ke_data = self.key_exchange.public_value
+
+    def payloads(self) -> list[v2p.Payload]:
+        from reference_impl.ike.enums import NotifyType
+        from reference_impl.ike.types import natd_hash
+
+        out: list[v2p.Payload] = []
+        if self.cookie is not None:
+            out.append(v2p.NotifyPayload(NotifyType.COOKIE, self.cookie))
+        assert self.proposals is not None and self.ke_data is not None
+        out += [v2p.SaPayload(list(self.proposals)), v2p.KePayload(self.dh_group, self.ke_data)]
+        out += list(self.extra)
+        out.append(v2p.NoncePayload(self.nonce))
+        if self.natd is not None:
+            src, dst = self.natd
+            for ntype, addr in (
+                (NotifyType.NAT_DETECTION_SOURCE_IP, src),
+                (NotifyType.NAT_DETECTION_DESTINATION_IP, dst),
+            ):
+                h = natd_hash(self.spi_i, bytes(8), addr)
+                out.append(v2p.NotifyPayload(ntype, flip_bit(h, 0) if self.forge_natd else h))
+        out += list(self.notifies)
+        return out
+
+    def encode(
+        self, *, version: int = IKE_VERSION_OCTET, extra_flags: int = 0, response: bool = False
+    ) -> bytes:
+        msg = CraftedMessage(
+            ExchangeType.IKE_SA_INIT,
+            0,
+            self.spi_i,
+            bytes(8),
+            True,
+            response,
+            self.payloads(),
+            version,
+            False,
+            extra_flags,
+        )
+        return v2msg.encode_message(msg)
+
+
+@dataclass(frozen=True)
+class PayloadSpan:
+    """One payload of a cleartext message: its type and where its generic header starts."""
+
+    index: int
+    type: int
+    offset: int
+    length: int
+
+
+def payload_spans(datagram: bytes) -> list[PayloadSpan]:
+    """The payload chain of a cleartext IKEv2/ISAKMP message (RFC 7296 §3.2, RFC 2408 §3.2),
+    walked by Next Payload and Payload Length without decoding anything."""
+    out: list[PayloadSpan] = []
+    nxt = datagram[16]
+    off = v2msg.HEADER_LEN
+    while nxt and off + 4 <= len(datagram):
+        length = int.from_bytes(datagram[off + 2 : off + 4])
+        out.append(PayloadSpan(len(out), nxt, off, length))
+        if length < 4:
+            break
+        nxt = datagram[off]
+        off += length
+    return out
+
+
+def edit_payload(
+    datagram: bytes,
+    index: int,
+    *,
+    flags: int | None = None,
+    length_delta: int = 0,
+    body: bytes | None = None,
+    fix_lengths: bool = True,
+) -> bytes:
+    """Change payload ``index`` of a cleartext message: its flags octet (critical bit and the
+    7 reserved bits, catalogue IKEV2-ROB-006), its Payload Length (``length_delta``: a length
+    that lies, IKEV2-ROB-008), or its body (then the lengths follow unless ``fix_lengths`` is
+    off)."""
+    span = payload_spans(datagram)[index]
+    b = bytearray(datagram)
+    if flags is not None:
+        b[span.offset + 1] = flags
+    if body is not None:
+        start, end = span.offset + 4, span.offset + span.length
+        b[start:end] = body
+        if fix_lengths:
+            struct.pack_into("!H", b, span.offset + 2, 4 + len(body))
+            struct.pack_into("!I", b, 24, len(b))
+    if length_delta:
+        cur = int.from_bytes(b[span.offset + 2 : span.offset + 4])
+        struct.pack_into("!H", b, span.offset + 2, (cur + length_delta) & 0xFFFF)
+    return bytes(b)
+
+
+def set_reserved_bits(datagram: bytes) -> bytes:
+    """Every reserved bit of a cleartext IKEv2 message set to 1: the header's X flags, each
+    generic payload header's 7 reserved bits, and the RESERVED octets of every proposal and
+    transform in SA payloads (catalogue IKEV2-ROB-006: they must be ignored)."""
+    b = bytearray(datagram)
+    b[19] |= RESERVED_FLAGS
+    for span in payload_spans(datagram):
+        b[span.offset + 1] |= 0x7F
+        if span.type == PayloadType.SA:
+            off, end = span.offset + 4, span.offset + span.length
+            while off + 8 <= end:
+                b[off + 1] = 0xFF  # proposal RESERVED
+                plen = int.from_bytes(b[off + 2 : off + 4])
+                spi_size, ntrans = b[off + 6], b[off + 7]
+                t = off + 8 + spi_size
+                for _ in range(ntrans):
+                    if t + 8 > off + plen:
+                        break
+                    b[t + 1] = 0xFF  # transform RESERVED
+                    b[t + 5] = 0xFF  # transform RESERVED after the type
+                    t += int.from_bytes(b[t + 2 : t + 4])
+                if plen < 8 or b[off] == 0:
+                    break
+                off += plen
+    return bytes(b)
+
+
+def ikev1_main_mode_1(
+    icookie: bytes | None = None,
+    *,
+    transforms: Sequence[Any] | None = None,
+    vendor_ids: Sequence[bytes] = (),
+) -> bytes:
+    """An IKEv1 Main Mode first message (RFC 2409 §5: HDR, SA) built with the ISAKMP codec;
+    the default offer is AES-CBC-256/SHA2-256/MODP-2048 with a pre-shared key. Patch its
+    header with :func:`patch_ike_header` (catalogue IKEV1-017)."""
+    from reference_impl.isakmp import codec as v1
+    from reference_impl.isakmp.constants import AuthMethod
+    from reference_impl.isakmp.constants import ExchangeType as V1Exchange
+    from reference_impl.isakmp.proposals import Phase1Transform, phase1_sa
+
+    offer = (
+        list(transforms)
+        if transforms is not None
+        else [Phase1Transform(7, 256, 4, AuthMethod.PRE_SHARED_KEY, 14)]
+    )
+    payloads: list[Any] = [phase1_sa(offer), *(v1.VendorIdPayload(v) for v in vendor_ids)]
+    return v1.encode_message(
+        icookie or os.urandom(8), bytes(8), V1Exchange.IDENTITY_PROTECTION, 0, 0, payloads
+    )
+
+
 # --- injection ----------------------------------------------------------------------------------
 
 _SENDER = r"""
@@ -665,11 +869,18 @@ __all__ = [
     "IkeCrafter",
     "Injection",
     "Injector",
+    "PayloadSpan",
+    "SaInit",
+    "edit_payload",
     "flip_bit",
     "icmp_echo",
     "ike_message",
+    "ike_proposal",
+    "ikev1_main_mode_1",
     "mutate_ipv4",
     "mutate_ipv6",
     "patch_ike_header",
+    "payload_spans",
+    "set_reserved_bits",
     "udp_packet",
 ]

@@ -13,11 +13,17 @@ from harness.probes.craft import (
     AhCrafter,
     EspCrafter,
     IkeCrafter,
+    SaInit,
+    edit_payload,
     icmp_echo,
     ike_message,
+    ike_proposal,
+    ikev1_main_mode_1,
     mutate_ipv4,
     mutate_ipv6,
     patch_ike_header,
+    payload_spans,
+    set_reserved_bits,
     udp_packet,
 )
 from harness.probes.keys import IkeSaEntry, parse_wireshark
@@ -280,3 +286,79 @@ def test_cleartext_ike_and_header_patches() -> None:
     with pytest.raises(RemoteProtocolError):
         v2msg.decode_message(patch_ike_header(sa_init, length=len(sa_init) + 1))
     assert v2msg.decode_message(patch_ike_header(sa_init, flags=0x08 | 0x01)).initiator
+
+
+# --- cleartext IKE ------------------------------------------------------------------------------
+
+
+def test_sa_init_builder_and_forged_natd() -> None:
+    from reference_impl.ike.types import natd_hash
+
+    init = SaInit(natd=(("198.18.0.1", 500), ("198.18.0.2", 500)))
+    msg = v2msg.decode_message(init.encode())
+    assert [type(p).__name__ for p in msg.payloads] == [
+        "SaPayload",
+        "KePayload",
+        "NoncePayload",
+        "NotifyPayload",
+        "NotifyPayload",
+    ]
+    ke = msg.get(v2p.KePayload)
+    assert ke is not None and ke.dh_group == 14 and len(ke.data) == 256
+    src = msg.notify(NotifyType.NAT_DETECTION_SOURCE_IP)
+    assert src is not None and src.data == natd_hash(init.spi_i, bytes(8), ("198.18.0.1", 500))
+    forged = v2msg.decode_message(replace(init, forge_natd=True).encode())
+    dst = forged.notify(NotifyType.NAT_DETECTION_DESTINATION_IP)
+    assert dst is not None and dst.data != natd_hash(init.spi_i, bytes(8), ("198.18.0.2", 500))
+    no_len = SaInit(proposals=[ike_proposal(encr=(12, None))])  # catalogue IKEV2-NEG-006
+    (prop,) = v2msg.decode_message(no_len.encode()).get(v2p.SaPayload).proposals  # type: ignore[union-attr]
+    assert prop.transforms[0].key_length is None
+
+
+def test_sa_init_malformations_seen_by_the_ikev2_decoder() -> None:
+    init = SaInit()
+    good = init.encode()
+    # catalogue IKEV2-ROB-001/002/007: versions and the R flag
+    with pytest.raises(RemoteProtocolError) as err:
+        v2msg.decode_message(init.encode(version=0x30))
+    assert err.value.notify == NotifyType.INVALID_MAJOR_VERSION
+    assert v2msg.decode_message(init.encode(version=0x21)).version == 0x21
+    assert v2msg.decode_message(init.encode(response=True)).response
+    # IKEV2-ROB-003/004: unknown payload 200 between KE and Ni, critical or not
+    crit = SaInit(extra=(v2p.UnknownPayload(200, b"x", critical=True),)).encode()
+    with pytest.raises(RemoteProtocolError) as err:
+        v2msg.decode_message(crit)
+    assert err.value.notify == NotifyType.UNSUPPORTED_CRITICAL_PAYLOAD and err.value.data == b"\xc8"
+    skipped = v2msg.decode_message(SaInit(extra=(v2p.UnknownPayload(200, b"x"),)).encode())
+    assert [p.payload_type for p in skipped.payloads] == [33, 34, 0, 40]
+    # IKEV2-ROB-006: every reserved bit set is ignored
+    odd = set_reserved_bits(good)
+    assert odd != good and odd[19] & RESERVED_FLAGS == RESERVED_FLAGS
+    assert v2msg.decode_message(odd).payloads == v2msg.decode_message(good).payloads
+    spans = payload_spans(good)
+    assert [s.type for s in spans] == [33, 34, 40] and spans[0].offset == 28
+    # IKEV2-ROB-008: lengths that lie
+    with pytest.raises(RemoteProtocolError):
+        v2msg.decode_message(patch_ike_header(good, length=len(good) + 100))
+    with pytest.raises(RemoteProtocolError):
+        v2msg.decode_message(edit_payload(good, 0, length_delta=-8))
+    # IKEV2-ROB-009: an 8-octet nonce
+    with pytest.raises(RemoteProtocolError):
+        v2msg.decode_message(edit_payload(good, 2, body=bytes(8)))
+
+
+def test_ikev1_main_mode_1_header_errors() -> None:
+    from reference_impl.isakmp import codec as v1
+    from reference_impl.isakmp.constants import NotifyType as V1Notify
+
+    mm1 = ikev1_main_mode_1(vendor_ids=[b"harness"])
+    msg = v1.decode_message(mm1)
+    assert msg.header.exchange_type == 2 and len(msg.payloads) == 2
+    for kw, notify in (
+        ({"version": 0x20}, V1Notify.INVALID_MAJOR_VERSION),  # catalogue IKEV1-017
+        ({"exchange": 200}, V1Notify.INVALID_EXCHANGE_TYPE),
+        ({"flags": 0x80}, V1Notify.INVALID_FLAGS),
+    ):
+        with pytest.raises(RemoteProtocolError) as err:
+            v1.decode_message(patch_ike_header(mm1, **kw))  # type: ignore[arg-type]
+        assert err.value.notify == notify

@@ -418,9 +418,11 @@ def build(
     base: str | None = None,
     pull: bool = False,
     verbose: bool = False,
+    no_cache: bool = False,
     log: Log = _stderr_log,
 ) -> list[BuildResult]:
-    """Build the images (the engine's layer cache makes an unchanged rebuild take seconds)."""
+    """Build the images (the engine's layer cache makes an unchanged rebuild take seconds;
+    ``no_cache`` builds every layer again, as on a fresh machine)."""
     wanted = list(dict.fromkeys(names))
     unknown = [n for n in wanted if n not in SPECS]
     if unknown:
@@ -435,7 +437,9 @@ def build(
         if any(SPECS[n].needs_project for n in wanted):
             wheels = ensure_wheels(root, info["arch"], log=log)
         for name in wanted:
-            results.append(_build_one(name, root, version, base_image, wheels, verbose, log))
+            results.append(
+                _build_one(name, root, version, base_image, wheels, verbose, no_cache, log)
+            )
         # Earlier builds of our images that lost their tag: nothing refers to them any more.
         _docker(["image", "prune", "--force", "--filter", f"label={LABEL}image"], timeout=120)
     return results
@@ -448,6 +452,7 @@ def _build_one(
     base_image: str,
     wheels: Path | None,
     verbose: bool,
+    no_cache: bool,
     log: Log,
 ) -> BuildResult:
     spec = SPECS[name]
@@ -467,6 +472,7 @@ def _build_one(
             "--build-arg", f"PROJECT_VERSION={version}",
             "--build-arg", f"BUILD_HASH={digest}",
             "--label", f"{LABEL}base-image={base_image}",
+            *(["--no-cache"] if no_cache else []),
             "-",
         ]  # fmt: skip
         exe = shutil.which("docker") or "docker"
@@ -609,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--base", help=f"base image (default {DEFAULT_BASE}, else bootstrapped)")
     b.add_argument("--pull", action="store_true", help="try pulling the default base first")
     b.add_argument("-v", "--verbose", action="store_true", help="show docker build's output")
+    b.add_argument("--no-cache", action="store_true", help="build every layer again")
     sub.add_parser("list", help="the images and whether they are current")
     h = sub.add_parser("hash", help="the build hash of an image, from the working tree")
     h.add_argument("name", choices=IMAGE_NAMES)
@@ -616,7 +623,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             start = time.monotonic()
-            build(args.names or IMAGE_NAMES, base=args.base, pull=args.pull, verbose=args.verbose)
+            build(
+                args.names or IMAGE_NAMES,
+                base=args.base,
+                pull=args.pull,
+                verbose=args.verbose,
+                no_cache=args.no_cache,
+            )
             print(f"done in {time.monotonic() - start:.1f} s", file=sys.stderr)
         elif args.command == "list":
             for state in list_images():

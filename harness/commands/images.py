@@ -26,7 +26,10 @@ def images() -> None:
 @click.option("--base", help="Base image (default debian:bookworm-slim, else bootstrapped).")
 @click.option("--pull", is_flag=True, help="Try pulling debian:bookworm-slim before a local base.")
 @click.option("-v", "--verbose", is_flag=True, help="Show docker build's output.")
-def build_cmd(names: tuple[str, ...], base: str | None, pull: bool, verbose: bool) -> None:
+@click.option("--no-cache", is_flag=True, help="Build every layer again (as on a fresh machine).")
+def build_cmd(
+    names: tuple[str, ...], base: str | None, pull: bool, verbose: bool, no_cache: bool
+) -> None:
     """Build the images (all three by default); an unchanged rebuild takes seconds."""
     from harness import images as img
 
@@ -37,7 +40,14 @@ def build_cmd(names: tuple[str, ...], base: str | None, pull: bool, verbose: boo
         )
     start = time.monotonic()
     try:
-        img.build(names or img.IMAGE_NAMES, base=base, pull=pull, verbose=verbose, log=click.echo)
+        img.build(
+            names or img.IMAGE_NAMES,
+            base=base,
+            pull=pull,
+            verbose=verbose,
+            no_cache=no_cache,
+            log=click.echo,
+        )
     except img.ImageError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(ExitCode.ENVIRONMENT_ERROR)

@@ -46,9 +46,19 @@ hard raises ``SaExpired(hard=True)`` and the SA then drops everything until remo
 outbound sequence number raises a soft ``SEQUENCE`` event ``SaOptions.seq_rekey_margin``
 numbers before it would cycle and expires after the last one (RFC 4303 §3.3.3).
 
+Drops are audited in ``sad.audit`` (bounded; RFC 4301 §5.2 fields: time, SPI, addresses,
+protocol, sequence number), not in the event queue.
+
 ``HoldQueue`` is the bounded packet queue the policy agent uses while an SA is negotiated.
-Crypto state is prepared lazily on an SA's first packet (a prepared AES-GCM context costs
-about 2.5 KB; an installed SA about 1 KB), so large SADs stay small until used.
+
+Performance. Outbound SAs have a specialised ``protect`` for AEAD transforms with a 16-octet
+ICV (AES-GCM-16, AES-CCM-16, ChaCha20-Poly1305) without ESN or UDP encapsulation over IPv4:
+tunnel mode with default ``SaOptions``, and transport mode. ``unprotect`` has the matching
+inbound fast path (IPv4 outer header without options, prefix selectors, replay window on).
+Everything else takes the general path, which makes the same decisions (tests compare the
+two octet for octet). Crypto state is prepared lazily on an SA's first packet: a prepared
+AES-GCM context costs about 2.5 KB, an installed SA about 0.7 KB (plus its ChildSaParams),
+so 100,000 installed SAs fit in well under 200 MB (``bench/sad_memory.py``).
 """
 
 from reference_impl.driver.ah import AhInbound, AhOutbound

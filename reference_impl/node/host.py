@@ -164,11 +164,15 @@ MISBEHAVIOURS = {
     "no_replay_check": "inbound SAs accept replayed packets (their replay window is off)",
     "wrong_natd": "NAT-D source hash is wrong on purpose (the peer sees a NAT; ESP is "
     "UDP-encapsulated), as strongSwan's encap=yes",
-    "silent_ike_port": "datagrams to UDP 500 are ignored (the node looks like no IKE there)",
+    "silent_ike_port": "datagrams to UDP 500 are ignored (the node looks like no IKE there); "
+    "each one is logged as an ``ike_ignored`` event (the harness's received-datagram log)",
     "corrupt_icv": "the next N protected packets leave with their last octet (ICV) flipped",
     "drop_ike_out": "no IKE datagram leaves the node (the peer sees us as dead)",
     "no_padding_check": "inbound ESP padding octets are not checked (new SAs)",
     "tfc_pad_to": "tunnel-mode ESP pads inner packets to this length (new SAs)",
+    "ike_after_fallback": "IKE goes on retransmitting after a fallback to clear (the attempt "
+    "is not cancelled, so a late answer upgrades the soft SA silently)",
+    "leak_while_negotiating": "packets held while an SA is negotiated also leave in clear",
 }
 """Deliberate misbehaviours for negative testing (``Host.set_misbehaviour``)."""
 
@@ -336,6 +340,9 @@ class Host:
             log.exception("outbound packet")
             self._count("drops.internal")
             return
+        if verdict is PV.HELD and self.misbehaviour.get("leak_while_negotiating"):
+            self.ip_out.append(packet)
+            self._count("misbehave.leaked_clear")
         sa = self._last_protect_sa
         if sa is not None and verdict is PV.PROTECTED and len(packet) >= 24 and packet[0] == 0x45:
             cache = self._fast.get(packet[9])
@@ -453,6 +460,7 @@ class Host:
         if lport == IKE_PORT:
             if self.misbehaviour.get("silent_ike_port"):
                 self._count("misbehave.ignored_ike")
+                self._record(now, "ike_ignored", src=f"{src[0]}:{src[1]}", data=data.hex())
                 return
             self._ike_in(data, src, (local[0], IKE_PORT), now)
             return
@@ -630,6 +638,9 @@ class Host:
         if isinstance(req, Acquire):
             self._acquire(req, now)
         elif isinstance(req, CancelAcquire):
+            if self.misbehaviour.get("ike_after_fallback") and req.reason.startswith("fallback"):
+                self._count("misbehave.ike_after_fallback")
+                return
             self._cancel(req.acquire_id, req.reason, now)
         else:
             child = self._children.get(req.inbound_spi)

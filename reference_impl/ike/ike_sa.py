@@ -1067,24 +1067,35 @@ class IkeSa:
             self._fail_waiting_children(FailureReason.PEER_SILENT, detail)
             self._close("peer not responding", linger=False)
             return
-        for task in [out.task, *self.queue, *(o.task for o in self.outstanding.values())]:
+        self._teardown("peer not responding", failure=FailureReason.PEER_SILENT, extra=[out.task])
+
+    # --- closing ----------------------------------------------------------------------------------
+
+    def _teardown(
+        self,
+        reason: str,
+        *,
+        silent_ike: bool = False,
+        failure: FailureReason = FailureReason.PROTOCOL_ERROR,
+        extra: list[Task] | None = None,
+    ) -> None:
+        """Delete every Child SA and the IKE SA itself locally, with events; acquires still
+        waiting for a Child SA on it fail with ``failure``."""
+        pending = [*(extra or ()), *self.queue, *(o.task for o in self.outstanding.values())]
+        pending += self._retry_tasks
+        for task in pending:
             if isinstance(task, CreateChildTask) and task.req.acquire_id is not None:
                 self._event(
                     NegotiationFailed(
-                        FailureReason.PEER_SILENT,
-                        detail,
+                        failure,
+                        f"IKE SA gone: {reason}",
                         self.remote,
                         True,
                         self.ike_sa_id,
                         task.req.acquire_id,
                     )
                 )
-        self._teardown("peer not responding")
-
-    # --- closing ----------------------------------------------------------------------------------
-
-    def _teardown(self, reason: str, *, silent_ike: bool = False) -> None:
-        """Delete every Child SA and the IKE SA itself locally, with events."""
+        self._retry_tasks = []
         for c in self.children:
             if c.state != ChildState.DELETED:
                 c.state = ChildState.DELETED

@@ -599,3 +599,13 @@ def test_timer_heap_stays_small() -> None:
         net.now += 0.001
     assert len(a.service._heap) < 1100
     assert a.service.get_timer() is not None
+
+
+def test_acquire_fails_when_the_ike_sa_is_deleted_under_it() -> None:
+    net, a, b, sa_a, sa_b = up()
+    a.service.create_child(sa_a.ike_sa_id, "c", net.now, acquire_id=5)
+    b.service.delete_ike(sa_b.ike_sa_id, net.now)
+    net.run(5)
+    fails = [f for f in a.of(NegotiationFailed) if f.acquire_id == 5]
+    assert len(fails) == 1 and fails[0].peer_replied
+    assert len(a.of(IkeSaDeleted)) == 1 and a.service.ike_sas() == []

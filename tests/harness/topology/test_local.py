@@ -84,3 +84,18 @@ def test_a_port_in_use_cannot_be_closed_by_reject() -> None:
             s.bind((b.addresses.v4, b.real_port(500)))
             with pytest.raises(Exception, match="has a listener"):
                 b.close_udp([500], how="reject")
+
+
+@pytest.mark.needs_root
+def test_capture_on_loopback_as_root(tmp_path: Path) -> None:
+    from scapy.layers.inet import UDP
+    from scapy.utils import rdpcap
+
+    with open_topology("local", TopologySpec.pair(), artifacts=tmp_path) as topo:
+        b = topo.node("b")
+        assert isinstance(b, LocalNode)
+        cap = topo.node("b").capture("b")
+        assert _probe(b, 500) == "refused"
+        path = cap.stop()
+    udp = [p for p in rdpcap(str(path)) if UDP in p]
+    assert [p[UDP].dport for p in udp] == [b.real_port(500)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import cast
 
 from reference_impl.crypto import (
     AeadCipher,
@@ -47,9 +46,11 @@ class SkProtection:
         "_aead",
         "_block",
         "_counter",
-        "_in_cipher",
+        "_in_aead",
+        "_in_block",
         "_in_mac",
-        "_out_cipher",
+        "_out_aead",
+        "_out_block",
         "_out_mac",
         "_random_iv",
         "_rng",
@@ -72,8 +73,12 @@ class SkProtection:
         self._rng = rng
         self._aead = encr.aead
         ek_out, ek_in = (keys.sk_ei, keys.sk_er) if initiator else (keys.sk_er, keys.sk_ei)
-        self._out_cipher: AeadCipher | BlockCipher = encr.prepare(ek_out)
-        self._in_cipher: AeadCipher | BlockCipher = encr.prepare(ek_in)
+        out_c, in_c = encr.prepare(ek_out), encr.prepare(ek_in)
+        # Typed per kind once here, so the per-message paths need no checks or casts.
+        self._out_aead = out_c if isinstance(out_c, AeadCipher) else None
+        self._in_aead = in_c if isinstance(in_c, AeadCipher) else None
+        self._out_block = out_c if isinstance(out_c, BlockCipher) else None
+        self._in_block = in_c if isinstance(in_c, BlockCipher) else None
         self._out_mac: Mac | None = None
         self._in_mac: Mac | None = None
         if encr.aead:
@@ -110,10 +115,13 @@ class SkProtection:
 
     def _seal(self, head: bytes, plaintext: bytes) -> bytes:
         iv = self._iv()
-        if self._aead:
-            return head + iv + cast(AeadCipher, self._out_cipher).seal(iv, plaintext, head)
-        body = head + iv + cast(BlockCipher, self._out_cipher).encrypt(iv, plaintext)
-        return body + cast(Mac, self._out_mac).compute(body)
+        aead = self._out_aead
+        if aead is not None:
+            return head + iv + aead.seal(iv, plaintext, head)
+        block, mac = self._out_block, self._out_mac
+        assert block is not None and mac is not None
+        body = head + iv + block.encrypt(iv, plaintext)
+        return body + mac.compute(body)
 
     def seal(self, msg: Message, inner_type: int, inner: bytes) -> bytes:
         """A whole datagram: ``msg``'s header and one SK payload around ``inner``."""
@@ -178,17 +186,19 @@ class SkProtection:
         if len(body) < iv_len + icv_len + 1:
             raise RemoteProtocolError("Encrypted payload shorter than its IV and ICV")
         iv = body[:iv_len]
-        if self._aead:
+        aead = self._in_aead
+        if aead is not None:
             aad = datagram[: len(datagram) - len(body)]
             try:
-                plaintext = cast(AeadCipher, self._in_cipher).open(iv, body[iv_len:], aad)
+                plaintext = aead.open(iv, body[iv_len:], aad)
             except IntegrityError:
                 raise RemoteProtocolError(
                     "integrity check of the Encrypted payload failed"
                 ) from None
         else:
-            cipher = cast(BlockCipher, self._in_cipher)
-            if not cast(Mac, self._in_mac).verify(datagram[:-icv_len], datagram[-icv_len:]):
+            cipher, mac = self._in_block, self._in_mac
+            assert cipher is not None and mac is not None
+            if not mac.verify(datagram[:-icv_len], datagram[-icv_len:]):
                 raise RemoteProtocolError("integrity check of the Encrypted payload failed")
             ct = body[iv_len:-icv_len]
             if len(ct) % self._block:

@@ -35,6 +35,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Any
 
 from harness.probes.keys import IkeSaEntry, IpsecSaEntry, KeySet, fill, wireshark_table
@@ -1655,13 +1656,21 @@ def _ts_text(entry: IpsecSaEntry) -> str:
     return f"{src} > {dst}"
 
 
-def _flow_text(inner: bytes) -> str:
-    from ipaddress import IPv4Address, IPv6Address
+_FLOWS: dict[bytes, str] = {}
 
+
+def _flow_text(inner: bytes) -> str:
+    """``"src > dst"`` of an IP packet (cached by the address octets: flows repeat)."""
     if len(inner) >= 20 and inner[0] >> 4 == 4:
-        return f"{IPv4Address(inner[12:16])} > {IPv4Address(inner[16:20])}"
+        key = inner[12:20]
+        text = _FLOWS.get(key)
+        if text is None:
+            text = f"{inet_ntop(AF_INET, key[:4])} > {inet_ntop(AF_INET, key[4:])}"
+            if len(_FLOWS) < 4096:
+                _FLOWS[key] = text
+        return text
     if len(inner) >= 40 and inner[0] >> 4 == 6:
-        return f"{IPv6Address(inner[8:24])} > {IPv6Address(inner[24:40])}"
+        return f"{inet_ntop(AF_INET6, inner[8:24])} > {inet_ntop(AF_INET6, inner[24:40])}"
     return "?"
 
 

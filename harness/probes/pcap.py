@@ -18,12 +18,12 @@ everything above the link layer is decoded here, so the octets are exactly the c
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from socket import AF_INET, AF_INET6, inet_ntop
 from typing import Any
 
 IKE_PORT = 500
@@ -215,8 +215,8 @@ def _parse_ip(d: bytes) -> _Ip | None:
         foff = (flags_frag & 0x1FFF) * 8
         return _Ip(
             4,
-            str(ipaddress.IPv4Address(d[12:16])),
-            str(ipaddress.IPv4Address(d[16:20])),
+            inet_ntop(AF_INET, d[12:16]),
+            inet_ntop(AF_INET, d[16:20]),
             d[9],
             9,
             ihl,
@@ -253,8 +253,8 @@ def _parse_ip(d: bytes) -> _Ip | None:
             nh_at, nh, off = off, d[off], off + length
         return _Ip(
             6,
-            str(ipaddress.IPv6Address(d[8:24])),
-            str(ipaddress.IPv6Address(d[24:40])),
+            inet_ntop(AF_INET6, d[8:24]),
+            inet_ntop(AF_INET6, d[24:40]),
             nh,
             nh_at,
             off,

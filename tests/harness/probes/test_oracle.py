@@ -353,3 +353,17 @@ def test_retransmitted_ike_messages(tmp_path: Path, capture: Capture) -> None:
     assert (first.retransmission, again.retransmission) == (False, True)
     assert again.payloads == first.payloads and again.integrity == first.integrity == ICV_GOOD
     assert all(m.integrity == ICV_GOOD for m in report.ike_messages if m.encrypted)
+
+
+def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.probes.__main__ import main
+
+    capture = Capture("ikev2-aesgcm-x25519")
+    log = tmp_path / "charon.log"
+    log.write_text(capture.log)
+    assert main([str(capture.pcap), "--charon-log", str(log), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.startswith("oracle OK: ")
+    assert (tmp_path / "out" / "wireshark" / "esp_sa").exists()
+    assert json.loads((tmp_path / "out" / "oracle.json").read_text())["ok"] is True
+    assert main([str(capture.pcap)]) == 1  # no keys: nothing can be verified
+    assert "oracle FAIL" in capsys.readouterr().out

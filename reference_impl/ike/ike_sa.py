@@ -142,6 +142,8 @@ class SaContext(Protocol):
 
     def new_child_spi(self) -> int: ...
 
+    def release_child_spi(self, spi: int) -> None: ...
+
     def register(self, sa: IkeSa) -> None: ...
 
     def touch(self, sa: IkeSa) -> None: ...
@@ -1099,6 +1101,7 @@ class IkeSa:
         for c in self.children:
             if c.state != ChildState.DELETED:
                 c.state = ChildState.DELETED
+                self.ctx.release_child_spi(c.inbound_spi)
                 self._event(ChildSaDeleted(c.protocol, c.inbound_spi, c.outbound_spi, reason))
         self.children.clear()
         if self.established and not silent_ike:
@@ -1805,6 +1808,7 @@ class IkeSa:
         if child.state == ChildState.DELETED:
             return
         child.state = ChildState.DELETED
+        self.ctx.release_child_spi(child.inbound_spi)
         if child in self.children:
             self.children.remove(child)
         self._event(ChildSaDeleted(child.protocol, child.inbound_spi, child.outbound_spi, reason))

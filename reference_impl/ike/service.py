@@ -82,6 +82,9 @@ class IkeService:
                 self._child_spis.add(spi)
                 return spi
 
+    def release_child_spi(self, spi: int) -> None:
+        self._child_spis.discard(spi)
+
     def register(self, sa: IkeSa) -> None:
         self._sas[sa.local_spi] = sa
         self._dirty.append(sa)

@@ -367,3 +367,57 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert json.loads((tmp_path / "out" / "oracle.json").read_text())["ok"] is True
     assert main([str(capture.pcap)]) == 1  # no keys: nothing can be verified
     assert "oracle FAIL" in capsys.readouterr().out
+
+
+def test_ah_and_ipv6_packets() -> None:
+    """AH (RFC 4302) and IPv6 ESP through the oracle: verdicts, Next Header, inner flows."""
+    from harness.probes.craft import AhCrafter, mutate_ipv4, udp_packet
+    from harness.probes.oracle import check_packets
+    from harness.probes.pcap import ip_packet
+    from reference_impl.crypto.ids import EncrId, IntegId
+    from reference_impl.sa import Mode, TrafficSelector
+
+    ah_sa = IpsecSaEntry(
+        IpsecProtocol.AH,
+        0x5151,
+        "198.18.0.1",
+        "198.18.0.2",
+        integ_id=IntegId.AUTH_HMAC_SHA2_256_128,
+        integ_key=bytes(32),
+        mode=Mode.TRANSPORT,
+        source="test",
+    )
+    ah = AhCrafter(ah_sa)
+    seg = udp_packet("198.18.0.1", "198.18.0.2", 7, 9, b"ah")
+    esp_sa = IpsecSaEntry(
+        IpsecProtocol.ESP,
+        0x6161,
+        "2001:db8::1",
+        "2001:db8::2",
+        encr_id=EncrId.ENCR_AES_GCM_16,
+        encr_key_bits=128,
+        encr_key=bytes(range(20)),
+        mode=Mode.TUNNEL,
+        ts_src=(TrafficSelector.from_network("2001:db8:ff:1::/64"),),
+        ts_dst=(TrafficSelector.from_network("2001:db8:ff:2::/64"),),
+        source="test",
+    )
+    esp = EspCrafter(esp_sa)
+    inner6 = icmp_echo("2001:db8:ff:1::1", "2001:db8:ff:2::1")
+    datagrams = [
+        ah.packet(seg, 1),
+        mutate_ipv4(ah.packet(seg, 2), ttl=3),  # mutable: still verifies
+        mutate_ipv4(ah.packet(seg, 3), ident=7),  # immutable: fails
+        esp.packet(inner6, 1),
+        esp.packet(icmp_echo("2001:db8:ff:9::1", "2001:db8:ff:2::1"), 2),
+    ]
+    oracle = check_packets(
+        [ip_packet(d, float(i), i + 1) for i, d in enumerate(datagrams)],
+        KeySet(ipsec=[ah_sa, esp_sa]),
+    )
+    a = oracle.report.sa(0x5151, "ah")
+    assert (a.packets, a.icv_good, a.icv_bad, a.next_headers) == (3, 2, 1, {17: 2})
+    e = oracle.report.sa(0x6161)
+    assert (e.icv_good, e.outside_selectors, e.next_headers) == (2, 1, {41: 2})
+    assert e.inner_flows == {"2001:db8:ff:1::1 > 2001:db8:ff:2::1": 1}
+    assert not oracle.report.ok

@@ -82,6 +82,9 @@ def _sa(
     if keys:
         out["encr_key"] = p.encr_key.hex()
         out["integ_key"] = p.integ_key.hex()
+    if not inbound:
+        # False: the peer sent ESP_TFC_PADDING_NOT_SUPPORTED (RFC 7296 §3.10.1, RFC 4303 §2.7)
+        out["tfc_padding"] = p.tfc_padding
     if not inbound and sa is not None:
         out["seq"] = sa.seq
     if sa is not None:

@@ -305,3 +305,37 @@ def test_authentication_failed_at_initiator() -> None:
 
 def test_a_ip_constants() -> None:
     assert A_IP != B_IP
+
+
+@pytest.mark.parametrize(
+    ("a_id", "b_id", "id_type"),
+    [
+        ("alice@example.org", "bob@example.org", 3),  # ID_RFC822_ADDR
+        ("@a.example", "@b.example", 2),  # ID_FQDN
+        ("2001:db8::1", "2001:db8::2", 5),  # ID_IPV6_ADDR
+        ("keyid:0a0b0c", "keyid:0d0e0f", 11),  # ID_KEY_ID
+        ("C=CH, O=Test, CN=a", "C=CH, O=Test, CN=b", 9),  # ID_DER_ASN1_DN
+    ],
+)
+def test_psk_with_every_id_type(a_id: str, b_id: str, id_type: int) -> None:
+    """RFC 7296 §3.5: the identities are carried and matched whatever their type."""
+    from dataclasses import replace
+
+    from reference_impl.ike.config import Identity
+
+    net, a, b = pair()
+    for node, me, peer in ((a, a_id, b_id), (b, b_id, a_id)):
+        cfg = node.service.settings.connections[0]
+        cfg = replace(
+            cfg,
+            local=replace(cfg.local, identity=Identity.parse(me)),
+            remote=replace(cfg.remote, identity=Identity.parse(peer)),
+        )
+        node.service.settings = replace(node.service.settings, connections=(cfg,))
+    assert Identity.parse(a_id).id_type == id_type
+    a.service.initiate("ab", net.now)
+    net.run(2)
+    ev = a.of(IkeSaEstablished)
+    assert len(ev) == 1 and len(b.of(IkeSaEstablished)) == 1
+    expected = b_id[1:] if b_id.startswith("@") else b_id  # "@" only marks an FQDN
+    assert ev[0].peer_id.replace(" ", "") == expected.replace(" ", "")

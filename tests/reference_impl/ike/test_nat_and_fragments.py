@@ -171,3 +171,31 @@ def test_no_fragmentation_without_peer_support() -> None:
     net.run(2)
     assert not any("SKF" in s for s in net.summaries())
     assert len(a.of(ChildSaEstablished)) == 1
+
+
+def test_ipv6_endpoints_and_selectors() -> None:
+    """IKE over IPv6 (NAT-D hashes 16-octet addresses) with IPv6 selectors, and fragments
+    sized for IPv6 headers."""
+    from reference_impl.ike.config import ServiceSettings
+    from reference_impl.ike.service import IkeService
+
+    from .net import Net, Node, psk_config, rng
+
+    a6, b6 = "2001:db8::1", "2001:db8::2"
+    ca = psk_config(
+        "ab", a6, b6, local_ts="2001:db8:1::/64", remote_ts="2001:db8:2::/64", fragment_size=300
+    )
+    cb = psk_config("ba", b6, a6, local_ts="2001:db8:2::/64", remote_ts="2001:db8:1::/64")
+    a = Node("A", a6, IkeService(ServiceSettings(connections=(ca,), local_address=a6, rng=rng(3))))
+    b = Node("B", b6, IkeService(ServiceSettings(connections=(cb,), local_address=b6, rng=rng(4))))
+    net = Net(a, b)
+    a.service.initiate("ab", net.now)
+    net.run(2)
+    (pa,) = [e.pair for e in a.of(ChildSaEstablished)]
+    (pb,) = [e.pair for e in b.of(ChildSaEstablished)]
+    assert pa.outbound == pb.inbound and pa.outbound.dst == b6
+    assert [str(t) for t in pa.outbound.ts_dst] == ["2001:db8:2::-2001:db8:2:0:ffff:ffff:ffff:ffff"]
+    (sa_a,) = a.service.ike_sas()
+    assert not sa_a.nat
+    assert any("SKF" in s for s in net.summaries())
+    assert all(len(s.d.data) + 48 <= 300 for s in net.wire if "SKF" in s.summary)

@@ -801,9 +801,13 @@ class DockerTopology(Topology):
 
     def _configure_node(self, node: DockerNode) -> None:
         """Inner addresses on loopback, default routes via the router, in a fresh container."""
+        assert node.container is not None
+        if self.copy_mode:
+            # What is bind-mounted otherwise: daemons may write logs and sockets there.
+            folders = [str(node.workdir), str(node.log_dir)]
+            self._exec(node.container, ["mkdir", "-p", *folders], 10.0, None)
         if node.role == "router":
             return
-        assert node.container is not None
         a = node.addresses
         steps = [f"ip addr add {a.inner_v4}/32 dev lo"]
         if a.inner_v6:

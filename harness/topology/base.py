@@ -282,10 +282,44 @@ class Capture:
         self.process = process
 
     def stop(self) -> Path:
-        """Stop capturing (flushing every packet) and return the pcap's path."""
+        """Stop capturing (after tcpdump has written what it already saw) and return the
+        pcap's path."""
         if self.process is not None and self.process.running:
-            self.process.stop(timeout=5.0, sig=signal.SIGINT)
+            self._drain(self.process)
+            self.process.stop(timeout=5.0, sig=signal.SIGTERM)
         return self.path
+
+    @staticmethod
+    def _drain(proc: NodeProcess, timeout: float = 3.0) -> None:
+        """Wait until tcpdump's "packets captured" count stops growing.
+
+        On SIGINT tcpdump leaves packets still in its ring buffer unwritten, so a packet sent
+        just before stop() could be lost. Its SIGUSR1 statistics ("N packets captured") show
+        how far it got; two equal readings in a row mean it has caught up. A tcpdump that does
+        not answer SIGUSR1 (e.g. behind a proxy that does not forward it) is not waited for.
+        """
+        # "tcpdump: N packets captured, ..." on SIGUSR1; "N packets captured" lines at exit
+        counts = re.compile(r"(\d+) packets? captured")
+        deadline = time.monotonic() + timeout
+        last: int | None = None
+        while proc.running and time.monotonic() < deadline:
+            seen = len(counts.findall(proc.log_text()))
+            proc.send_signal(signal.SIGUSR1)
+            try:
+                wait_until(
+                    lambda seen=seen: len(counts.findall(proc.log_text())) > seen,  # type: ignore[misc]
+                    0.5,
+                    "tcpdump statistics",
+                    alive=lambda: proc.running,
+                    interval=0.01,
+                )
+            except TopologyError:
+                return
+            now = int(counts.findall(proc.log_text())[-1])
+            if now == last:
+                return
+            last = now
+            time.sleep(0.05)
 
 
 class Node(ABC):

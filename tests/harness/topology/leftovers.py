@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness import system
-from harness.topology.run import Run, current_run, labelled_processes
+from harness.topology.run import RUNS_DIR, Run, current_run, labelled_processes
 
 
 def leftovers(run: Run | None = None) -> dict[str, list[str]]:
@@ -31,3 +35,27 @@ def leftovers(run: Run | None = None) -> dict[str, list[str]]:
         if mine:
             found["nft tables"] = mine
     return found
+
+
+@contextlib.contextmanager
+def kept_alive(run_id: str) -> Iterator[threading.Event]:
+    """Keep another process's run looking alive after it dies, until the block ends.
+
+    A thread waits for the run's lock and takes it the moment its owner dies, so concurrent
+    sweeps (the other pytest worker's, another engineer's) leave the dead run's leftovers for
+    the test to see. The event is set once the lock is ours.
+    """
+    fd = os.open(RUNS_DIR / f"{run_id}.lock", os.O_RDONLY)
+    taken = threading.Event()
+
+    def take() -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        taken.set()
+
+    threading.Thread(target=take, daemon=True).start()
+    try:
+        yield taken
+    finally:
+        if taken.is_set():
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -220,6 +220,25 @@ def test_images_carry_their_labels(built_images: dict[str, str]) -> None:
     )
 
 
+def test_images_list_says_current_or_stale(built_images: dict[str, str]) -> None:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "images", "list", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    states = {i["name"]: i for i in json.loads(proc.stdout)["images"]}
+    assert set(states) == set(images.IMAGE_NAMES)
+    # The peers' images do not depend on the Python sources: current right after the build.
+    assert states["strongswan"]["status"] == "current"
+    assert states["libreswan"]["peer_version"] == "4.10"
+
+
 def test_missing_configuration_exits_2(lab: Lab) -> None:
     for image in ("strongswan", "libreswan", "reference"):
         name = lab.create(image, f"noconf-{image}")

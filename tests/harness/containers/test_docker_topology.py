@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness import images
+from harness import images, system
 from harness.topology import TopologySpec, Unsupported, open_topology, sweep
 from harness.topology.base import FEATURE_BINDS, Node, TopologyError
 from harness.topology.docker import DockerNode, DockerTopology
@@ -323,11 +323,16 @@ def test_unreachable_engine_is_unavailable_with_the_reason(monkeypatch: pytest.M
     assert "unix:///nonexistent/docker.sock" in why and "scripts/docker-engine start" in why
 
 
-def test_a_sigkilled_runs_containers_are_swept(docker_client: Any) -> None:
+def _docker_user_rules(label: str) -> list[str]:
+    listing = system.run(["iptables", "-w", "10", "-S", "DOCKER-USER"], timeout=20).stdout
+    return [line for line in listing.splitlines() if label in line]
+
+
+def test_a_sigkilled_runs_containers_networks_and_rules_are_swept(docker_client: Any) -> None:
     code = (
         "import time\n"
         "from harness.topology import open_topology, TopologySpec\n"
-        "topo = open_topology('docker', TopologySpec.pair()).start()\n"
+        "topo = open_topology('docker', TopologySpec.routed('a', 'b')).start()\n"
         "topo.node('a').spawn('sleep', ['sleep', '600'])\n"
         "print(topo.run.label, flush=True)\n"
         "time.sleep(600)\n"
@@ -339,15 +344,20 @@ def test_a_sigkilled_runs_containers_are_swept(docker_client: Any) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     left = _containers(docker_client, label)
-    assert len(left) == 2, "SIGKILL leaves the containers for the sweep"
+    assert len(left) == 3, "SIGKILL leaves the containers (a, b, router) for the sweep"
+    assert len(_docker_user_rules(label)) == 2
     report = sweep()
     assert _containers(docker_client, label) == []
     assert set(left) <= set(report.removed["containers"])
-    assert f"{label}-a-b" in report.removed["networks"]
+    assert {f"{label}-a-router", f"{label}-b-router"} <= set(report.removed["networks"])
+    assert _docker_user_rules(label) == []
+    assert len([r for r in report.removed["iptables rules"] if r.startswith(label)]) == 2
 
 
 def test_building_is_fast_enough() -> None:
     start = time.monotonic()
-    with open_topology("docker", TopologySpec.routed("a", "b", "c", behind_nat=["a"])):
+    with open_topology("docker", TopologySpec.routed("a", "b", "c", behind_nat=["a"])) as topo:
         built = time.monotonic() - start
+        assert len(_docker_user_rules(topo.run.label)) == 3
     assert built < 30.0, f"a routed topology of 4 containers took {built:.1f} s"
+    assert _docker_user_rules(topo.run.label) == []

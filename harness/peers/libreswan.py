@@ -215,6 +215,7 @@ class LibreswanPeer(Peer):
             return
         topo = self.node.topology
         topo.require(FEATURE_ROOT)
+        self.node.use_image("libreswan")
         binds: dict[str, str] = {}
         if self.node.exec(["test", "-x", str(SYSTEM_LIBEXEC / "ipsec/pluto")]).ok:
             self._libexec = SYSTEM_LIBEXEC

@@ -188,6 +188,7 @@ class StrongSwanPeer(Peer):
         path = charon_path()
         if path is None:
             raise NotApplicable([f"{self.kind}: charon is not installed"])
+        self.node.use_image("strongswan")
         self.conf_dir.mkdir(parents=True, exist_ok=True)
         self._write_conf()
         with self.log_path.open("a") as log:

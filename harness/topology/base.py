@@ -381,6 +381,12 @@ class Node(ABC):
         self.processes.append(proc)
         return proc
 
+    def use_image(self, image: str) -> None:
+        """Run this node from the image of a peer (``strongswan``, ``libreswan``,
+        ``reference``) where nodes are containers; a no-op where nodes share the host's
+        programs (local, netns). Peer adapters call it before starting their daemon."""
+        return None
+
     # firewall
 
     def close_udp(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +19,13 @@ def no_leftovers() -> Iterator[None]:
     assert leftovers() == {}
 
 
+BACKEND = os.environ.get("IPSEC_INTEROP_TOPOLOGY", "netns")
+"""Backend of the live peer tests: ``IPSEC_INTEROP_TOPOLOGY=docker`` runs them on containers."""
+
+
 @pytest.fixture
 def pair(tmp_path: Path, no_leftovers: None) -> Iterator[Topology]:
-    """Two namespaces on a direct link; logs and pcaps kept in the test's tmp_path."""
-    with open_topology("netns", TopologySpec.pair(), artifacts=tmp_path) as topo:
+    """Two nodes on a direct link (netns unless IPSEC_INTEROP_TOPOLOGY says otherwise); logs
+    and pcaps kept in the test's tmp_path."""
+    with open_topology(BACKEND, TopologySpec.pair(), artifacts=tmp_path) as topo:
         yield topo

@@ -30,12 +30,14 @@ def iperf(topo: Any, seconds: float) -> dict[str, float]:
     from harness.topology.base import wait_until
 
     a, b = topo.node("a"), topo.node("b")
+    log = b.log_dir / "iperf3-server.log"
+    seen = log.stat().st_size if log.exists() else 0  # the log is appended to: skip old runs
     server = b.spawn(
         "iperf3-server", ["iperf3", "-s", "-1", "--forceflush", "-B", b.addresses.inner_v4]
     )
     try:
         wait_until(
-            lambda: "Server listening" in server.log_text(),
+            lambda: "Server listening" in server.log_text()[seen:],
             10,
             "iperf3 server",
             alive=lambda: server.running,

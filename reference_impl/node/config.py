@@ -225,6 +225,11 @@ class DataplaneModel(_Model):
     rule_priority: Annotated[int, Field(ge=1, le=32765)] = 2220
     routes: Literal["auto"] | list[str] = "auto"
     raw_esp: bool = True
+    offload: bool = True
+    """tun: coalesce received TCP segments into one device write (GRO, virtio-net header)."""
+    tso: bool = False
+    """tun: let the kernel hand over TCP super-packets the node segments (costs checksums
+    computed in Python: slower than it saves on this implementation)."""
     clear_port: Port = 0
     clear_peers: dict[str, str] = Field(default_factory=dict)
     delivered_capacity: Annotated[int, Field(ge=0)] = 10000

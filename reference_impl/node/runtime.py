@@ -40,6 +40,7 @@ from reference_impl.node.config import ConfigError, NodeConfig, parse_endpoint
 from reference_impl.node.control import ControlError, ControlServer
 from reference_impl.node.dataplane import ApiPlane, DataPlane, TunPlane
 from reference_impl.node.host import MISBEHAVIOURS, Host, HostSettings, PortMap
+from reference_impl.node.offload import NO_VNET, VNET_LEN, read_offloaded
 from reference_impl.node.udp import UdpEndpoint
 from reference_impl.policy import PolicyValidationError
 
@@ -176,6 +177,8 @@ class NodeRuntime:
                 raw_esp=dp.raw_esp,
                 on_ip=self._on_wire_ip,
                 counters=self.counters,
+                offload=dp.offload,
+                tso=dp.tso,
             )
             self.plane = tun
             self._add_reader(tun.tun.fd, self._tun_reader(tun))
@@ -300,18 +303,34 @@ class NodeRuntime:
         read = os.read
         host = self.host
         outbound = host.outbound_packet
+        vnet = tun.tun.vnet
+        counters = self.counters
 
         def reader() -> None:
             now = self.clock.now()
             for _ in range(256):
                 try:
-                    pkt = read(fd, 65535)
+                    data = read(fd, 65600)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
-                    self.counters["tun.read_errors"] = self.counters.get("tun.read_errors", 0) + 1
+                    counters["tun.read_errors"] = counters.get("tun.read_errors", 0) + 1
                     break
-                if pkt[0] >> 4 == 6 and (pkt[8] == 0xFE or pkt[24] == 0xFF):
+                if vnet:
+                    if data[:VNET_LEN] == NO_VNET:
+                        pkt = data[VNET_LEN:]
+                    else:
+                        segments = read_offloaded(data)
+                        if len(segments) > 1:
+                            counters["tun.tso_segments"] = counters.get(
+                                "tun.tso_segments", 0
+                            ) + len(segments)
+                        for seg in segments:
+                            outbound(seg, now)
+                        continue
+                else:
+                    pkt = data
+                if len(pkt) < 20 or (pkt[0] >> 4 == 6 and (pkt[8] == 0xFE or pkt[24] == 0xFF)):
                     continue  # link-local or multicast IPv6 of the TUN link itself
                 outbound(pkt, now)
             host.poll(now)
@@ -358,15 +377,7 @@ class NodeRuntime:
             host.ip_out.clear()
         if host.delivered:
             if plane is not None:
-                deliver = plane.deliver
-                info = host.delivered_info
-                if info:
-                    for pkt, (t, prot, spi) in zip(host.delivered, info, strict=False):
-                        deliver(pkt, t, prot, spi)
-                else:
-                    now = self.clock.now()
-                    for pkt in host.delivered:
-                        deliver(pkt, now, True, None)
+                plane.deliver_many(host.delivered, host.delivered_info)
             host.delivered.clear()
             host.delivered_info.clear()
         if host.timer_dirty:

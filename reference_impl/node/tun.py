@@ -13,22 +13,40 @@ import struct
 import subprocess
 
 _TUNSETIFF = 0x400454CA
+_TUNSETOFFLOAD = 0x400454D0
 _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
+_IFF_VNET_HDR = 0x4000
 
 
 class TunDevice:
-    """An open TUN device in non-blocking mode; read() returns one IP packet or None."""
+    """An open TUN device in non-blocking mode; read() returns one IP packet or None.
 
-    def __init__(self, name: str, mtu: int = 1400) -> None:
+    With ``offload`` every packet on the device carries a virtio-net header and the kernel
+    accepts coalesced TCP super-packets (GRO); with ``tso`` too it may hand over TCP
+    super-packets (:mod:`reference_impl.node.offload`); ``vnet`` says whether headers are on.
+    """
+
+    def __init__(
+        self, name: str, mtu: int = 1400, offload: bool = False, tso: bool = False
+    ) -> None:
         if len(name.encode()) >= 16:
             raise ValueError(f"interface name {name!r} is longer than 15 octets")
         self.fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            ifr = struct.pack("16sH", name.encode(), _IFF_TUN | _IFF_NO_PI)
+            flags = _IFF_TUN | _IFF_NO_PI | (_IFF_VNET_HDR if offload else 0)
+            ifr = struct.pack("16sH", name.encode(), flags)
             result = fcntl.ioctl(self.fd, _TUNSETIFF, ifr)
             self.name = result[:16].rstrip(b"\0").decode()
             self.mtu = mtu
+            self.vnet = offload
+            if offload and tso:
+                from reference_impl.node.offload import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6
+
+                try:
+                    fcntl.ioctl(self.fd, _TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+                except OSError:
+                    pass  # no offload: the headers stay (all zero), packets stay small
             self._configure_link(mtu)
         except BaseException:
             os.close(self.fd)

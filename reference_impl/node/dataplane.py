@@ -132,9 +132,16 @@ class TunPlane(DataPlane):
             except OSError:
                 self.out6 = None
             self.in_sockets: list[socket.socket] = []
+            self.in6_sockets: list[tuple[socket.socket, int]] = []
             if raw_esp:
                 for proto in (socket.IPPROTO_ESP, socket.IPPROTO_AH):
                     self.in_sockets.append(self._raw(socket.AF_INET, proto))
+                    try:
+                        s6 = self._raw(socket.AF_INET6, proto)
+                        s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                    except OSError:
+                        continue  # no IPv6 here
+                    self.in6_sockets.append((s6, proto))
         except BaseException:
             self.close()
             raise
@@ -152,7 +159,47 @@ class TunPlane(DataPlane):
         out: list[tuple[int, Callable[[], None]]] = []
         for s in self.in_sockets:
             out.append((s.fileno(), self._reader(s)))
+        for s6, proto in self.in6_sockets:
+            out.append((s6.fileno(), self._reader6(s6, proto)))
         return out
+
+    def _reader6(self, s: socket.socket, proto: int) -> Callable[[], None]:
+        """IPv6 raw sockets deliver what follows the IPv6 header: the header is rebuilt from
+        the source and the packet-info destination (RFC 3542 §6), as the driver takes whole
+        datagrams (hop limit and flow label are mutable: they do not enter an AH ICV)."""
+        from reference_impl.driver.packet import ipv6_header
+
+        on_ip = self.on_ip
+        recvmsg = s.recvmsg
+        space = socket.CMSG_SPACE(20)
+
+        def read() -> None:
+            for _ in range(256):
+                try:
+                    data, anc, _flags, addr = recvmsg(65535, space)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    return
+                dst = b""
+                for level, ctype, cdata in anc:
+                    if level == socket.IPPROTO_IPV6 and ctype == socket.IPV6_PKTINFO:
+                        dst = cdata[:16]
+                if len(dst) != 16:
+                    continue
+                src = socket.inet_pton(socket.AF_INET6, addr[0].split("%")[0])
+                hdr = ipv6_header(
+                    traffic_class=0,
+                    flow_label=0,
+                    payload_length=len(data),
+                    next_header=proto,
+                    hop_limit=64,
+                    src=src,
+                    dst=dst,
+                )
+                on_ip(hdr + data)
+
+        return read
 
     def _reader(self, s: socket.socket) -> Callable[[], None]:
         recv = s.recv

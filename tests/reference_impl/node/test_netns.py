@@ -44,7 +44,8 @@ def ping(src: Node, dst_addr: str, src_addr: str, count: int = 3) -> bool:
 
 TCP_SERVER = """
 import socket, sys, hashlib
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], 5001)); s.listen(1); print("listening", flush=True)
 c, _ = s.accept(); h = hashlib.sha256(); n = 0
 while True:
@@ -262,3 +263,32 @@ def test_graceful_stop_removes_device_rule_and_routes(
     from harness.topology.base import wait_until
 
     wait_until(lambda: not b.list_sas(), 5, "b saw a's Delete")
+
+
+@pytest.mark.parametrize("encap", [False, True], ids=["raw-esp", "esp-in-udp"])
+def test_ipv6_tunnel(tmp_path: Path, encap: bool) -> None:
+    """IPv6 outer and inner addresses: raw ESP over IPv6 (the header rebuilt from the raw
+    socket's packet info) and ESP-in-UDP over IPv6."""
+    from scapy.layers.inet6 import IPv6
+
+    with open_topology("netns", TopologySpec.pair(), artifacts=tmp_path) as topo:
+        na, nb = topo.node("a"), topo.node("b")
+        a, b = ReferencePeer(na), ReferencePeer(nb)
+        try:
+            sc = Scenario.between(na, nb, family=6, force_encap=encap)
+            a.configure(sc)
+            b.configure(sc)
+            cap = topo.capture()
+            ia, ib = na.addresses.inner_v6, nb.addresses.inner_v6
+            assert ia and ib
+            argv = ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-I", ia, ib]
+            assert na.exec(argv).ok
+            tcp_transfer(na, nb, ia, ib, 300_000)
+            pkts = packets(cap.stop())
+            assert not [p for p in pkts if IPv6 in p and {p[IPv6].src, p[IPv6].dst} == {ia, ib}]
+            (sa,) = a.list_sas()
+            assert sa.local == na.addresses.v6 and sa.children[0].encap is encap
+            assert sa.children[0].packets_in > 10
+        finally:
+            a.stop()
+            b.stop()

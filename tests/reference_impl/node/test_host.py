@@ -114,20 +114,7 @@ def test_tunnel_mode_esp_in_udp(version: str) -> None:
     assert all(c["outbound"]["encap"] == [4500, 4500] and c["encap"] for c in children)
 
 
-@pytest.mark.parametrize(
-    "version",
-    [
-        pytest.param(
-            "ikev2",
-            marks=pytest.mark.xfail(
-                reason="IKEv2 responder answers an AH proposal with an ENCR transform "
-                "(Selected.to_proposal), which the initiator rejects as not offered",
-                strict=False,
-            ),
-        ),
-        "ikev1",
-    ],
-)
+@pytest.mark.parametrize("version", VERSIONS)
 def test_ah(version: str) -> None:
     net = pair(version, protocol="ah")
     net.send(A, udp_packet(A, B, 1, 2, b"authenticated"))

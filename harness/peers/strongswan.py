@@ -106,6 +106,11 @@ def child_proposal(p: Proposal) -> str:
     return "-".join(parts)
 
 
+_DOS = {"cookie_threshold": "10000", "cookie_threshold_ip": "10000", "block_threshold": "10000"}
+"""Raised DoS thresholds (charon's defaults are 30, 3 and 5: setup-rate cases would meet
+COOKIEs and blocked half-open SAs; peers.md §6)."""
+
+
 def _secs(value: float | None) -> str | None:
     return None if value is None else f"{max(0, round(value))}s"
 
@@ -125,6 +130,8 @@ class StrongSwanPeer(Peer):
         self._retransmit: Retransmit | None = None
         self._aggressive_psk = False
         self._loaded: set[str] = set()
+        self.charon_options: dict[str, str] = {}
+        """charon settings that replace the adapter's (see :meth:`set_charon_options`)."""
 
     # availability and capabilities
 
@@ -262,10 +269,8 @@ class StrongSwanPeer(Peer):
             f"  retransmit_base = {rt.base}\n"
             f"  retransmit_tries = {rt.tries}\n"
             "  retransmit_jitter = 0\n"
-            "  cookie_threshold = 10000\n"
-            "  cookie_threshold_ip = 10000\n"
-            "  block_threshold = 10000\n"
-            f"{aggressive}"
+            + "".join(f"  {k} = {v}\n" for k, v in {**_DOS, **self.charon_options}.items())
+            + f"{aggressive}"
             f"  plugins {{\n    vici {{\n      socket = unix://{self.vici_path}\n    }}\n  }}\n"
             "  syslog {\n    daemon {\n      default = -1\n    }\n  }\n"
             "  filelog {\n    main {\n"
@@ -283,6 +288,27 @@ class StrongSwanPeer(Peer):
             "    }\n  }\n"
             "}\n"
         )
+
+    def set_charon_options(self, **options: str | int | None) -> None:
+        """Override charon settings of the adapter's strongswan.conf (``None`` restores the
+        adapter's value), e.g. the DoS thresholds for the cookie cases (RFC 7296 §2.6). charon
+        reads some of them only at start, so a running charon is restarted when they change
+        (connections must be configured again)."""
+        new = dict(self.charon_options)
+        for key, value in options.items():
+            if value is None:
+                new.pop(key, None)
+            else:
+                new[key] = str(value)
+        if new == self.charon_options:
+            return
+        self.charon_options = new
+        running = self.process is not None and self.process.running
+        self.stop()
+        self._loaded = set()
+        self.scenario = None
+        if running:
+            self.start()
 
     def configure(self, scenario: Scenario) -> None:
         """Load the connection and credentials; retransmission timers and the Aggressive Mode

@@ -165,7 +165,8 @@ MISBEHAVIOURS = {
     "wrong_natd": "NAT-D source hash is wrong on purpose (the peer sees a NAT; ESP is "
     "UDP-encapsulated), as strongSwan's encap=yes",
     "silent_ike_port": "datagrams to UDP 500 are ignored (the node looks like no IKE there); "
-    "each one is logged as an ``ike_ignored`` event (the harness's received-datagram log)",
+    "each one is logged as an ``ike_ignored`` event (the harness's received-datagram log); "
+    "value ``all``: IKE on the NAT-T port too (the harness's scripted IKE peer answers instead)",
     "corrupt_icv": "the next N protected packets leave with their last octet (ICV) flipped",
     "drop_ike_out": "no IKE datagram leaves the node (the peer sees us as dead)",
     "no_padding_check": "inbound ESP padding octets are not checked (new SAs)",
@@ -438,6 +439,11 @@ class Host:
                 self._count("udp.nat_keepalive")  # RFC 3948 §2.3
                 return
             if data[:4] == NON_ESP_MARKER:
+                if self.misbehaviour.get("silent_ike_port") == "all":
+                    self._count("misbehave.ignored_ike")
+                    self._record(now, "ike_ignored", src=f"{src[0]}:{src[1]}", data=data.hex(),
+                                 port=NATT_PORT)  # fmt: skip
+                    return
                 self._ike_in(data[4:], src, (local[0], NATT_PORT), now)
                 return
             if len(data) < 8:
@@ -460,7 +466,8 @@ class Host:
         if lport == IKE_PORT:
             if self.misbehaviour.get("silent_ike_port"):
                 self._count("misbehave.ignored_ike")
-                self._record(now, "ike_ignored", src=f"{src[0]}:{src[1]}", data=data.hex())
+                self._record(now, "ike_ignored", src=f"{src[0]}:{src[1]}", data=data.hex(),
+                             port=IKE_PORT)  # fmt: skip
                 return
             self._ike_in(data, src, (local[0], IKE_PORT), now)
             return

@@ -1,0 +1,152 @@
+"""Suite ``spd``: RFC 4301 policy processing (catalogue §10): SPD-001, SPD-003, SPD-007.
+
+The PUT is the host whose SPD is under test; the tester is the peer on the other side and
+the observation point (what reached it, in clear or protected). Machinery shared with the
+fallback suite: :mod:`suites.support.fallback`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from harness.cases import case
+from harness.lab import CaseContext
+from harness.peers.base import ESP, TRANSPORT
+from suites.support.fallback import (
+    CaptureObserver,
+    RefFb,
+    SwanFb,
+    is_reference,
+    policy_yaml,
+    require_action,
+)
+
+SUITE = "spd"
+
+
+@case("SPD-001", suite=SUITE, rfc="4301 §4.4.1, §5.1", level="MUST", roles="I",
+      title="Outbound traffic matching PROTECT never leaves in clear; with no SA it triggers "
+            "SA negotiation")  # fmt: skip
+def test_spd001_protect_triggers_negotiation(ctx: CaseContext) -> None:
+    if is_reference(ctx):
+        with RefFb(ctx, closure="open") as fb:
+            fb.tester_policy(require_action(inbound_passthrough=True))  # a leak would show
+            fb.put_policy(require_action())
+            fb.probe("P1")  # before any SA exists
+            assert fb.wait_state("ESTABLISHED"), f"state {fb.state()}: no SA negotiated"
+            acq = fb.audit("acquire")
+            assert len(acq) == 1, f"{len(acq)} ACQUIREs"
+            r_sas = fb.tester.list_sas()
+            assert r_sas and not r_sas[0].initiator, "R saw no IKE_SA_INIT from the PUT"
+            for k in range(3):
+                fb.probe(f"P{k + 2}")
+            clear = fb.clear_probes()
+            assert not clear, f"{len(clear)} cleartext packets of the flow reached R"
+            if fb.local:
+                got = [(p.packet.probe or b"").decode() for p in fb.protected_probes()]
+                assert got == ["P1", "P2", "P3", "P4"], f"protected at R: {got}"
+                assert fb.r_discarded_clear() == 0, "R discarded clear packets of the flow"
+            else:
+                assert isinstance(fb.observer, CaptureObserver)
+                ike = [ip for _, ip in fb.observer.wire if ip.proto == 17 and ip.dport == 500]
+                assert ike and ike[0].payload[18] == 34, "no IKE_SA_INIT from the PUT first"
+                assert len(fb.protected_probes()) >= 4, "the probes were not seen as ESP"
+        return
+    if ctx.peer_name == "strongswan":
+        with SwanFb(ctx, closure="open") as sw:
+            t0 = time.time()
+            sw.ping(count=3, interval=0.3)
+            run = sw.observe(1.0, t0=t0)
+            if ctx.recording:
+                ctx.recording.attach_text("observed", run.summary())
+            assert not run.clear_probes, f"{len(run.clear_probes)} probes left in clear"
+            if not run.ike:
+                if ctx.recording:
+                    ctx.recording.known_behaviour("strongswan-libipsec-no-acquire")
+                raise AssertionError(
+                    "no IKE_SA_INIT: the trap policy never triggered a negotiation "
+                    "(kernel-libipsec dropped the packets, 'could not find an outbound IPsec "
+                    f"SA' x{run.libipsec_drops})"
+                )
+            assert run.esp >= 1, "no ESP after the negotiation"
+        return
+    from harness.peers.base import NotApplicable
+
+    raise NotApplicable([f"{ctx.peer_name}: needs a traffic source behind the peer under test"])
+
+
+@case("SPD-003", suite=SUITE, rfc="4301 §5.1, §5.1.1", level="MUST", roles="IR",
+      title="Outbound packets matching DISCARD are dropped; record whether an ICMP "
+            "Destination Unreachable (3/13) comes back")  # fmt: skip
+def test_spd003_discard(ctx: CaseContext) -> None:
+    if not is_reference(ctx):
+        from harness.peers.base import NotApplicable
+
+        raise NotApplicable(
+            [f"{ctx.peer_name}: the DISCARD entry needs a drop shunt the adapter cannot load yet "
+             "(kernel-libipsec installs no shunt policies)" if ctx.peer_name == "strongswan"
+             else f"{ctx.peer_name}: needs a traffic source behind the peer under test"]
+        )  # fmt: skip
+    with RefFb(ctx, closure="open", r2=True) as fb:
+        assert fb.r2_addr is not None
+        text = policy_yaml(
+            "spd-003-i", [fb.r_addr], require_action(), psk_ref=fb.sc.name,
+            block=[fb.r2_addr], block_icmp=True,
+        )  # fmt: skip
+        fb.policies["I policy"] = text
+        fb.put.client.load_policy(text=text)
+        fb.probe("D1", to=fb.r2_addr)
+        fb.probe("D2", to=fb.r2_addr)
+        leaked = [p for p in fb.observer.packets if p.packet.dst == fb.r2_addr]  # type: ignore[union-attr]
+        assert not leaked, f"{len(leaked)} packets towards the DISCARD destination on the wire"
+        assert fb.counter("drops.policy") == 2, f"drops.policy +{fb.counter('drops.policy')}"
+        icmp = _icmp_back(fb)
+        finding = (f"DISCARD: no packet towards {fb.r2_addr} left; ICMP back to the sender: "
+                   f"{icmp or 'none'} (RFC 4301 §5.1.1: type 3 code 13, rate limited)")  # fmt: skip
+        if ctx.recording:
+            ctx.recording.recorded(finding)
+
+
+def _icmp_back(fb: RefFb) -> list[tuple[int, int]]:
+    if fb.local:
+        return [(d.packet[20], d.packet[21]) for d in fb.put.client.delivered()
+                if len(d.packet) > 21 and d.packet[9] == 1 and d.packet[20] == 3]  # fmt: skip
+    n = fb.counter("local_icmp.sent")
+    return [(3, 13)] * n
+
+
+@case("SPD-007", suite=SUITE, rfc="4301 §5.2, §4.4.1", level="MUST", roles="IR",
+      title="IKE has an explicit BYPASS: a host-to-host protect-all policy does not capture "
+            "UDP 500/4500; an IKE rekey travels in clear and succeeds",
+      needs=(ESP, TRANSPORT))  # fmt: skip
+def test_spd007_ike_bypass_rekey(ctx: CaseContext) -> None:
+    if not is_reference(ctx):
+        from harness.peers.base import NotApplicable
+
+        raise NotApplicable([f"{ctx.peer_name}: needs a protect-all transport policy"])
+    with RefFb(ctx, closure="open") as fb:
+        fb.tester_policy(require_action(), all_traffic=True)
+        fb.put_policy(require_action(), all_traffic=True)
+        initiator = fb.put if ctx.put_initiates else fb.tester
+        initiator.client.initiate("fb", peer=fb.r_addr if ctx.put_initiates else fb.i_addr)
+        assert fb.wait_state("ESTABLISHED"), f"state {fb.state()}: no SA"
+        before = {s["ike_sa_id"] for s in fb.put.client.list_sas()["ike_sas"]}
+        (old,) = [s for s in initiator.client.list_sas()["ike_sas"] if s["established"]]
+        initiator.client.rekey_ike(old["ike_sa_id"])
+
+        def rekeyed() -> bool:
+            sas = fb.put.client.list_sas()["ike_sas"]
+            return any(s["established"] and s["ike_sa_id"] not in before for s in sas)
+
+        from suites.support.fallback import poll
+
+        assert poll(rekeyed, 15.0), "the IKE rekey did not complete"
+        fb.probe("P1")
+        assert not fb.clear_probes(), "data in clear under the protect-all policy"
+        assert fb.counter("acquires") <= 1, "IKE traffic triggered an ACQUIRE"
+        if fb.local:
+            assert [(p.packet.probe or b"").decode() for p in fb.protected_probes()] == ["P1"]
+        else:
+            assert isinstance(fb.observer, CaptureObserver)
+            late = [ip for _, ip in fb.observer.wire if ip.proto == 17 and ip.dport in (500, 4500)]
+            assert late, "the rekey's IKE messages were not seen as plain UDP"

@@ -1,0 +1,125 @@
+"""The ``fallback`` and ``spd`` suites against the reference on the local topology: every case
+passes (FB-28 needs a NAT router: not applicable there), and each suite notices a deliberate
+misbehaviour of the peer under test in exactly the cases that check that behaviour.
+
+Also the support module's packet builders and the policy shapes it loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reference_impl.driver.packet import checksum
+from reference_impl.policy.validate import load_policy_text
+from suites.support.fallback import (
+    Ip4,
+    icmp4_echo,
+    icmp4_port_unreachable,
+    policy_yaml,
+    request_action,
+    require_action,
+    swan_schedule,
+    tcp4,
+    udp4,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Cases that fail when IKE keeps retransmitting after the fallback (misbehaviour
+# ike_after_fallback): those asserting "no IKE after the fallback" or a fresh schedule later.
+IKE_AFTER_FALLBACK = {"FB-09", "FB-10", "FB-13", "FB-20", "FB-21", "FB-23", "FB-26"}
+# Cases that fail when held packets also leave in clear (leak_while_negotiating): every case
+# that sends while ACQUIRING/NEGOTIATING and checks the wire stays clean until the verdict.
+LEAK = {
+    "FB-01", "FB-02", "FB-05", "FB-06", "FB-07", "FB-09", "FB-10", "FB-11", "FB-13", "FB-14",
+    "FB-17", "FB-18", "FB-21", "FB-22", "FB-23", "FB-25", "FB-26", "FB-29", "SPD-001",
+}  # fmt: skip
+
+
+def run(tmp_path: Path, *args: str, jobs: int = 1) -> dict[tuple[str, str], str]:
+    reports = tmp_path / "reports"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--suite", "fallback", "--suite", "spd",
+         "--topology", "local", "--jobs", str(jobs), "--no-progress", "--reports", str(reports),
+         *args],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "COLUMNS": "160"},
+    )  # fmt: skip
+    results = reports / "results.json"
+    assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(results.read_text())
+    return {(r["case"], r["role"]): r["verdict"] for r in data["results"]}
+
+
+def failing(verdicts: dict[tuple[str, str], str]) -> set[str]:
+    return {case for (case, _), v in verdicts.items() if v in ("fail", "error")}
+
+
+@pytest.mark.slow
+def test_reference_passes_everything_on_local(tmp_path: Path) -> None:
+    verdicts = run(tmp_path, jobs=2)
+    assert len({c for c, _ in verdicts}) == 33, sorted(verdicts)
+    bad = {k: v for k, v in verdicts.items() if v not in ("pass", "recorded", "not_applicable")}
+    assert not bad, bad
+    assert verdicts[("FB-28", "I")] == "not_applicable"  # no NAT router on local
+    assert {k for k, v in verdicts.items() if v == "recorded"} == {
+        ("SPD-003", "I"),
+        ("SPD-003", "R"),
+    }
+    assert sum(v == "pass" for v in verdicts.values()) == 32  # 35 results: 2 recorded, 1 n/a
+
+
+@pytest.mark.slow
+def test_ike_after_fallback_is_noticed_exactly(tmp_path: Path) -> None:
+    verdicts = run(tmp_path, "--put-misbehave", "ike_after_fallback")
+    assert failing(verdicts) == IKE_AFTER_FALLBACK
+
+
+@pytest.mark.slow
+def test_leak_while_negotiating_is_noticed_exactly(tmp_path: Path) -> None:
+    verdicts = run(tmp_path, "--put-misbehave", "leak_while_negotiating")
+    assert failing(verdicts) == LEAK
+
+
+# --- the support module -------------------------------------------------------------------------
+
+
+def test_packets_have_valid_checksums_and_parse_back() -> None:
+    u = udp4("192.0.2.1", "192.0.2.2", 40000, 9, b"FBPROBE:x")
+    assert checksum(u[:20]) == 0  # RFC 791 header checksum
+    p = Ip4.parse(u)
+    assert p is not None and (p.sport, p.dport, p.probe) == (40000, 9, b"x")
+    t = tcp4("192.0.2.1", "192.0.2.2", 1, 80, payload=b"FBPROBE:t")
+    assert Ip4.parse(t) == Ip4("192.0.2.1", "192.0.2.2", 6, 1, 80, b"FBPROBE:t")
+    e = icmp4_echo("192.0.2.1", "192.0.2.2", 7, 1, b"x")
+    assert checksum(e[20:]) == 0  # RFC 792 ICMP checksum
+    q = icmp4_port_unreachable("192.0.2.2", "192.0.2.1", "192.0.2.1", "192.0.2.2", 500, 500,
+                               b"\x11" * 8 + bytes(20))  # fmt: skip
+    ip = Ip4.parse(q)
+    assert ip is not None and ip.icmp == (3, 3) and checksum(q[20:]) == 0
+    quoted = ip.payload[8:]  # the quoted datagram: IPv4 header, UDP header, IKE SPI
+    assert quoted[9] == 17 and quoted[28:36] == b"\x11" * 8
+
+
+def test_policies_validate() -> None:
+    for action in (require_action(), request_action(after_s=3.0, soft_sa_idle_s=10)):
+        text = policy_yaml("t", ["192.0.2.2"], action)
+        load_policy_text(text, "t")
+    load_policy_text(policy_yaml("t", ["192.0.2.2"], None, consec="requireinrequestout"), "t")
+    load_policy_text(policy_yaml("t", [], require_action(), all_traffic=True), "t")
+    load_policy_text(policy_yaml("t", ["192.0.2.2"], None, block=["192.0.2.9"]), "t")
+
+
+def test_strongswan_schedule_matches_peers_md() -> None:
+    # ../shared/design/peers.md §6: deltas 0, +1.00, +1.50, +2.25, give up 3.375 s later
+    assert swan_schedule(1.0, 1.5, 3) == ([0.0, 1.0, 2.5, 4.75], 8.125)
+    # policy-spec §3.4 [S] defaults: 0, 4, 11.2, 24.16, 47.49, 89.48; give up 165.06
+    sends, fail = swan_schedule(4.0, 1.8, 5)
+    assert [round(s, 2) for s in sends] == [0.0, 4.0, 11.2, 24.16, 47.49, 89.48]
+    assert round(fail, 2) == 165.06

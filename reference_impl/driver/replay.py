@@ -88,7 +88,13 @@ class ReplayWindow:
             self.replay_top = seq  # in order with a full window: the bitmap stays all ones
         elif seq > top:
             if self.replay_size:
-                self.replay_bits = ((self.replay_bits << (seq - top)) | 1) & self.replay_mask
+                shift = seq - top
+                # A jump past the whole window (ESN: up to 2^64) leaves only seq in it; never
+                # build the shifted integer (2^31 bits is 256 MiB and half a second).
+                if shift >= self.replay_size:
+                    self.replay_bits = 1
+                else:
+                    self.replay_bits = ((self.replay_bits << shift) | 1) & self.replay_mask
             self.replay_top = seq
         elif self.replay_size:
             self.replay_bits |= 1 << (top - seq)

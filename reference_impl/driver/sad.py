@@ -373,7 +373,12 @@ class SecurityAssociationDatabase:
         if seq == top + 1 and win.replay_bits == win.replay_mask:
             win.replay_top = seq  # in order with a full window: the bitmap stays all ones
         elif seq > top:
-            win.replay_bits = ((win.replay_bits << (seq - top)) | 1) & win.replay_mask
+            shift = seq - top  # past the whole window: only seq is left (see ReplayWindow)
+            win.replay_bits = (
+                1
+                if shift >= win.replay_size
+                else ((win.replay_bits << shift) | 1) & win.replay_mask
+            )
             win.replay_top = seq
         else:
             win.replay_bits |= 1 << (top - seq)

@@ -227,6 +227,9 @@ class DataplaneModel(_Model):
     raw_esp: bool = True
     offload: bool = True
     """tun: coalesce received TCP segments into one device write (GRO, virtio-net header)."""
+    udp_offload: bool = True
+    """ESP-in-UDP: send runs of equal-sized datagrams with one system call (UDP GSO) and
+    receive coalesced ones (UDP GRO)."""
     tso: bool = False
     """tun: let the kernel hand over TCP super-packets the node segments (costs checksums
     computed in Python: slower than it saves on this implementation)."""

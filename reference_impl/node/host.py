@@ -218,6 +218,8 @@ class Host:
         """id(outbound SA) -> (UDP source, destination, octets before the ESP header; 0 =
         parse) for SAs whose ESP leaves over a UDP socket (RFC 3948)."""
         self._addr_pairs: dict[tuple[str, str], bytes] = {}
+        self._udp_fast: set[bytes] = set()
+        """SPIs (4 octets) of inbound tunnel-mode IPv4 SAs with UDP encapsulation."""
         self._v1_names: dict[tuple[object, ...], str] = {}
         self._sa_options = SaOptions()
         self._last_protect_sa: OutboundSa | None = None
@@ -431,8 +433,41 @@ class Host:
         if self.settings.record_deliveries:
             self.delivered_info.append((now, protected, spi))
 
+    def udp_esp_received(
+        self, buf: bytes, seg: int, src: Address, local: Address, now: float
+    ) -> None:
+        """Several datagrams of ``seg`` octets from one source in one buffer (UDP GRO on the
+        NAT-T socket): ESP-in-UDP of tunnel-mode IPv4 SAs goes to the driver's fast path, with
+        the per-datagram work (port mapping, addresses) done once."""
+        addrs = self._addr_pairs.get((src[0], local[0]))
+        fast = self._udp_fast
+        if addrs is None or not fast:
+            for off in range(0, len(buf), seg):
+                self.udp_received(buf[off : off + seg], src, local, now)
+            return
+        pack = _ESP4.pack
+        unprotect = self._unprotect
+        for off in range(0, len(buf), seg):
+            data = buf[off : off + seg]
+            if data[:4] in fast:
+                unprotect(pack(0x4500, 20 + len(data), 0, _TTL_ESP, addrs) + data, now, False)
+            else:
+                self.udp_received(data, src, local, now)
+
     def udp_received(self, data: bytes, src: Address, local: Address, now: float) -> None:
         """A datagram on one of our UDP sockets (``src`` and ``local`` with real ports)."""
+        if data[:4] in self._udp_fast and local[1] == self.ports.natt:
+            # ESP in UDP for a tunnel-mode IPv4 SA: a raw IPv4 header in front lets the
+            # driver's fast path take it (RFC 3948 §3.3: decapsulation is ESP processing of
+            # the UDP payload).
+            addrs = self._addr_pairs.get((src[0], local[0]))
+            if addrs is None:
+                addrs = _packed(src[0]) + _packed(local[0])
+                if len(self._addr_pairs) < 1024:
+                    self._addr_pairs[(src[0], local[0])] = addrs
+            self._unprotect(_ESP4.pack(0x4500, 20 + len(data), 0, _TTL_ESP, addrs) + data,
+                            now, False)  # fmt: skip
+            return
         lport = self.ports.local_logical(local[1])
         if lport == NATT_PORT:
             if len(data) == 1 and data[0] == 0xFF:
@@ -770,6 +805,7 @@ class Host:
                 self._child_by_out.pop(child.pair.outbound.spi, None)
                 self._out_by_spi.pop(child.pair.outbound.spi, None)
                 self._udp_routes.pop(id(child.outbound), None)
+                self._udp_fast.discard(child.pair.inbound.spi.to_bytes(4, "big"))
                 self.sad.remove(child.inbound)
                 self.sad.remove(child.outbound)
             self._record(now, "child_sa_deleted", inbound_spi=f"{ev.inbound_spi:08x}",
@@ -807,8 +843,11 @@ class Host:
         strip = 0
         if encap is not None and outbound.mode == Mode.TUNNEL and ":" not in outbound.src:
             # The UDP header is the socket's business: the driver makes raw ESP (its fast
-            # path) and the node sends what follows the 20-octet IPv4 header.
+            # path) and the node sends what follows the 20-octet IPv4 header; inbound, the
+            # node puts a raw IPv4 header in front of what the socket received (RFC 3948 §3.3:
+            # decapsulation is ESP processing of the UDP payload).
             outbound = dataclasses.replace(outbound, encap=None)
+            inbound = dataclasses.replace(inbound, encap=None)
             strip = 20
         try:
             sa_in, sa_out = self.sad.install_pair(
@@ -823,6 +862,8 @@ class Host:
                          error=str(exc))  # fmt: skip
             self._delete_in_ike(version, pair.inbound.spi, now, "install failed")
             return False
+        if strip:
+            self._udp_fast.add(inbound.spi.to_bytes(4, "big"))
         if encap is not None:
             self._udp_routes[id(sa_out)] = (
                 (pair.outbound.src, self.ports.local_real(encap[0])),

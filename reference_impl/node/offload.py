@@ -180,7 +180,6 @@ class Gro:
 
     __slots__ = (
         "_first",
-        "_key",
         "_mss",
         "_next",
         "_open",
@@ -195,7 +194,6 @@ class Gro:
         self.out: list[bytes] = []
         self.merged = 0
         self._parts: list[bytes] = []
-        self._key = b""
         self._first = b""
         self._next = 0
         self._mss = 0
@@ -219,25 +217,30 @@ class Gro:
         if thl < 20 or plen <= 0 or flags & (_SYN | _FIN | _RST | _URG):
             self._plain(pkt)
             return
-        # Same addresses, ports, ack, flags, window, options, TOS, TTL, DF: everything but
-        # length, identification, checksums, sequence number and PSH.
-        key = (
-            pkt[1:2] + pkt[6:7] + pkt[8:10] + pkt[12:24] + pkt[28:32]
-            + bytes((flags & ~_PSH,)) + pkt[34:36] + pkt[40:hl]
-        )  # fmt: skip
         seq = _I.unpack_from(pkt, 24)[0]
-        # The payload's one's complement sum: ~checksum - pseudo header - TCP header.
-        hdr_sum = int.from_bytes(pkt[20:36], "big") + int.from_bytes(pkt[38:hl], "big")
+        # This segment's share of the sum of the payloads (RFC 1624): ~checksum minus the
+        # header words that differ between segments (TCP length, sequence number, the word
+        # with the flags); the words they share are taken out once per run, at flush.
         psum = (
             (0xFFFF ^ (pkt[36] << 8 | pkt[37]))
-            - (_PSEUDO_ADDR(pkt) + 6 + thl + plen)
-            - hdr_sum
+            - (thl + plen)
+            - (seq >> 16)
+            - (seq & 0xFFFF)
+            - (pkt[32] << 8 | flags)
         )  # fmt: skip
+        f = self._first
         if (
             self._open
-            and key == self._key
             and seq == self._next
             and plen <= self._mss
+            and pkt[12:24] == f[12:24]
+            and pkt[28:33] == f[28:33]
+            and (flags | _PSH) == (f[33] | _PSH)
+            and pkt[34:36] == f[34:36]
+            and pkt[38:hl] == f[38:hl]
+            and pkt[8:10] == f[8:10]
+            and pkt[1] == f[1]
+            and pkt[6] == f[6]
             and self._size + plen + hl <= _MAX_IP
         ):
             self._parts.append(pkt[hl:])
@@ -248,13 +251,11 @@ class Gro:
             if plen < self._mss or flags & _PSH:
                 self._open = False  # a short or pushed segment ends the super-packet
                 if flags & _PSH:
-                    f = self._first
                     self._first = f[:33] + bytes((f[33] | _PSH,)) + f[34:]
             return
         self.flush()
         self._parts = [pkt[hl:]]
         self._first = pkt[:hl]
-        self._key = key
         self._mss = plen
         self._size = plen
         self._psum = psum
@@ -273,7 +274,8 @@ class Gro:
         head = self._first
         self._parts = []
         self._open = False
-        if len(parts) == 1:
+        k = len(parts)
+        if k == 1:
             self.out.append(NO_VNET + head + parts[0])
             return
         hl = len(head)
@@ -282,15 +284,15 @@ class Gro:
         ip[2:4] = _H.pack(total)
         ip[10:12] = b"\0\0"
         ip[10:12] = _H.pack(~_fold(_words(bytes(ip))) & 0xFFFF)
+        # Per segment, ~checksum = pseudo(addresses, 6, length) + header + payload; the
+        # shared words (addresses, protocol, ports, ack, window, urgent pointer, options)
+        # come out once per segment, k times in all.
+        shared = _words(head[12:20]) + 6 + _words(head[20:24]) + _words(head[28:32])
+        shared += _words(head[34:36]) + _words(head[38:hl])
+        payload_sum = self._psum - k * shared
         tcp = bytearray(head[20:])
         tcp[16:18] = b"\0\0"
-        tcp_len = total - 20
-        s = _PSEUDO_ADDR(head) + 6 + tcp_len + _words(bytes(tcp)) + self._psum
+        s = _words(head[12:20]) + 6 + (total - 20) + _words(bytes(tcp)) + payload_sum
         tcp[16:18] = _H.pack(~_fold(s % 0xFFFF + 0xFFFF) & 0xFFFF)
         vnet = VNET_HDR.pack(0, GSO_TCPV4, hl, self._mss, 0, 0)
         self.out.append(vnet + bytes(ip) + bytes(tcp) + b"".join(parts))
-
-
-def _PSEUDO_ADDR(pkt: bytes) -> int:
-    """The source and destination words of an IPv4 pseudo header, as one integer."""
-    return int.from_bytes(pkt[12:20], "big")

@@ -41,7 +41,7 @@ from reference_impl.node.control import ControlError, ControlServer
 from reference_impl.node.dataplane import ApiPlane, DataPlane, TunPlane
 from reference_impl.node.host import MISBEHAVIOURS, Host, HostSettings, PortMap
 from reference_impl.node.offload import NO_VNET, VNET_LEN, read_offloaded
-from reference_impl.node.udp import UdpEndpoint
+from reference_impl.node.udp import MAX_SEGMENTS, UdpEndpoint
 from reference_impl.policy import PolicyValidationError
 
 log = logging.getLogger("reference_impl.node")
@@ -165,6 +165,10 @@ class NodeRuntime:
             for port in ports:
                 ep = UdpEndpoint(addr, port, mark=mark)
                 self.udp[(addr, ep.port)] = ep
+                if port == cfg.ike.natt_port and cfg.dataplane.udp_offload:
+                    ep.enable_gro()
+                else:
+                    ep.gso = False
                 self._add_reader(ep.fileno(), self._udp_reader(ep))
         dp = cfg.dataplane
         if dp.mode == "tun":
@@ -268,17 +272,41 @@ class NodeRuntime:
         host = self.host
         natt = ep.port == self.cfg.ike.natt_port
 
+        recv_gro = ep.recv_gro
+
         def read() -> None:
             now = self.clock.now()
             errors = False
             for _ in range(256):
-                try:
-                    data, addr = recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    errors = True  # an ICMP error is pending: it is in the error queue too
-                    continue
+                if ep.gro:
+                    try:
+                        got = recv_gro()
+                    except OSError:
+                        errors = True
+                        continue
+                    if got is None:
+                        break
+                    buf, seg, addr = got
+                    if seg and len(buf) > seg:
+                        # UDP GRO: one buffer, several datagrams of ``seg`` octets.
+                        src = (addr[0], addr[1])
+                        wire = self.wire_log
+                        if wire is not None:
+                            for off in range(0, len(buf), seg):
+                                piece = buf[off : off + seg]
+                                if len(piece) >= 8 and piece[:4] != b"\0\0\0\0":
+                                    wire.append((now, piece, (*src, *local)))
+                        host.udp_esp_received(buf, seg, src, local, now)
+                        continue
+                    data = buf
+                else:
+                    try:
+                        data, addr = recvfrom(65535)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        errors = True  # an ICMP error is pending: it is in the error queue too
+                        continue
                 if (
                     natt
                     and self.wire_log is not None
@@ -358,15 +386,7 @@ class NodeRuntime:
     def _flush(self) -> None:
         host = self.host
         if host.udp_out:
-            udp = self.udp
-            for data, src, dst in host.udp_out:
-                ep = udp.get(src)
-                if ep is None:
-                    ep = next((e for (a, p), e in udp.items() if p == src[1]), None)
-                if ep is None:
-                    self.counters["udp.no_socket"] = self.counters.get("udp.no_socket", 0) + 1
-                    continue
-                ep.send(data, dst)
+            self._send_udp(host.udp_out)
             host.udp_out.clear()
         plane = self.plane
         if host.ip_out:
@@ -382,6 +402,44 @@ class NodeRuntime:
             host.delivered_info.clear()
         if host.timer_dirty:
             self._arm_timer()
+
+    def _send_udp(self, out: list[tuple[bytes, tuple[str, int], tuple[str, int]]]) -> None:
+        """Send the host's datagrams; runs of equal-sized ones to one peer (ESP-in-UDP of a
+        bulk transfer) leave with one system call each (UDP GSO), the rest one by one."""
+        udp = self.udp
+        i = 0
+        n = len(out)
+        while i < n:
+            data, src, dst = out[i]
+            ep = udp.get(src)
+            if ep is None:
+                ep = next((e for (a, p), e in udp.items() if p == src[1]), None)
+            if ep is None:
+                self.counters["udp.no_socket"] = self.counters.get("udp.no_socket", 0) + 1
+                i += 1
+                continue
+            size = len(data)
+            j = i + 1
+            if ep.gso and size > 64:
+                total = size
+                while (
+                    j < n
+                    and j - i < MAX_SEGMENTS
+                    and out[j][2] == dst
+                    and out[j][1] == src
+                    and len(out[j][0]) <= size
+                    and total + len(out[j][0]) <= 65000
+                ):
+                    total += len(out[j][0])
+                    j += 1
+                    if len(out[j - 1][0]) < size:
+                        break  # only the last segment may be shorter
+            if j - i > 1 and ep.send_segments(b"".join(d for d, _, _ in out[i:j]), size, dst):
+                self.counters["udp.gso_sends"] = self.counters.get("udp.gso_sends", 0) + 1
+                i = j
+                continue
+            ep.send(data, dst)
+            i += 1
 
     def _arm_timer(self) -> None:
         self.host.timer_dirty = False

@@ -120,13 +120,13 @@ def child_sas(host: Host, keys: bool = True) -> list[dict[str, Any]]:
                 "protocol": "esp" if inbound.protocol == IpsecProtocol.ESP else "ah",
                 "mode": str(inbound.mode),
                 "esn": inbound.esn,
-                "encap": inbound.encap is not None,
+                "encap": pair.inbound.encap is not None,
                 "encr": _alg_encr(inbound, False),
                 "integ": _alg_integ(inbound, False),
                 "acquire_id": pair.acquire_id,
                 "initiator": initiators.get(inbound.spi, child.initiator),
                 "installed_at": child.installed,
-                "inbound": _sa(host, inbound, child.inbound, True, keys),
+                "inbound": _sa(host, inbound, child.inbound, True, keys, pair.inbound),
                 "outbound": _sa(
                     host, child.outbound.params, child.outbound, False, keys, pair.outbound
                 ),

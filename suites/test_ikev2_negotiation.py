@@ -454,9 +454,29 @@ def test_neg_009_retry_after_invalid_ke(ctx: CaseContext) -> None:
         )
         assert ke is not None and ke.dh_group == 31, f"retry KE group {ke and ke.dh_group}"
         assert len(ke.data) == 32, f"Curve25519 KE data of {len(ke.data)} octets (32)"
-        assert m2.get(v2p.SaPayload) == m1.get(v2p.SaPayload), (
-            "the retry's SA payload differs from the first (downgrade protection)"
+        before = first(m1.payloads, v2p.SaPayload).proposals
+        after = first(m2.payloads, v2p.SaPayload).proposals
+        note(
+            ctx,
+            "proposals",
+            "first:\n"
+            + "\n".join(map(describe_proposal, before))
+            + "\nretry:\n"
+            + "\n".join(map(describe_proposal, after)),
         )
+        assert _offer_set(after) == _offer_set(before), (
+            "the retry does not propose the same set of suites (RFC 7296 §1.2: the full set "
+            "again, downgrade protection)"
+        )
+        if [p.transforms for p in after] != [p.transforms for p in before]:
+            note(ctx, "order", "same suites, transforms reordered in the retry")
+
+
+def _offer_set(proposals: Sequence[v2p.Proposal]) -> set[tuple[int, int, frozenset[object]]]:
+    return {
+        (p.num, p.protocol_id, frozenset((t.type, t.id, t.key_length) for t in p.transforms))
+        for p in proposals
+    }
 
 
 # --- IKEV2-NEG-010 ---

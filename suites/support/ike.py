@@ -1555,16 +1555,33 @@ def wait_put(ctx: CaseContext, pred: Callable[[list[Any]], bool], timeout: float
         time.sleep(0.05)
 
 
-def quiesce(ctx: CaseContext, timeout: float = 10.0) -> None:
-    """No IKE SA on the PUT (deleted with the tester listening, so both ends forget them)."""
+def _busy(sa: Any) -> bool:
+    """An IKE SA the PUT could reuse or is still negotiating as initiator (half-open SAs it
+    answered for the harness do not matter: they expire on their own)."""
+    return bool(sa.established or sa.initiator)
+
+
+def quiesce(ctx: CaseContext, timeout: float = 3.0) -> None:
+    """No established (or initiating) IKE SA on the PUT, so that its next initiation starts
+    with IKE_SA_INIT: deleted with the tester listening (both ends forget them), forced
+    after ``timeout``."""
     put = ctx.put
-    if not put.list_sas():
+    if not any(_busy(s) for s in put.list_sas()):
         return
-    with contextlib.suppress(PeerError):
-        put.terminate(timeout=timeout)
-    if put.kind == "strongswan" and put.scenario is not None:
+    if put.kind == "reference":
+        client = put.client  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            client.terminate()
+        sas = wait_put(ctx, lambda ss: not any(_busy(s) for s in ss), timeout)
+        for s in sas:
+            if _busy(s):
+                with contextlib.suppress(Exception):
+                    client.terminate(s.unique_id)
+    elif put.kind == "strongswan" and put.scenario is not None:
+        with contextlib.suppress(PeerError):
+            put.terminate(timeout=timeout)
         _sw_call(put, "terminate", {"ike": put.scenario.name, "force": "yes", "timeout": "-1"})
-    wait_put(ctx, lambda sas: not sas, timeout)
+    wait_put(ctx, lambda ss: not any(_busy(s) for s in ss), timeout)
 
 
 def _sw_call(put: Peer, what: str, request: dict[str, str]) -> None:
@@ -1649,7 +1666,7 @@ def put_initiates(
             with contextlib.suppress(Exception):
                 responder.close()
             initiation.abort()
-            wait_put(ctx, lambda sas: not sas, 3.0)
+            wait_put(ctx, lambda sas: not any(_busy(s) for s in sas), 3.0)
         finally:
             wire.close()
             note(ctx, "ike-transcript", "\n".join(wire.transcript))

@@ -27,7 +27,6 @@ import signal
 import subprocess
 import threading
 import time
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -428,14 +427,22 @@ class Node(ABC):
         """Start capturing the node's link (or ``interface``) to ``<artifacts>/<name>.pcap``."""
 
     def stop_processes(self) -> None:
+        """Stop every process started here (the last started first); errors at the end."""
+        errors = []
         for proc in reversed(self.processes):
-            proc.stop()
+            try:
+                proc.stop()
+            except Exception as exc:
+                errors.append(f"{proc.name}: {exc}")
+        if errors:
+            raise TopologyError("; ".join(errors))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}, {self.addresses.v4})"
 
 
-_open_topologies: weakref.WeakSet[Topology] = weakref.WeakSet()
+_open_topologies: set[Topology] = set()
+"""Started and not yet closed (strong references: atexit must find even forgotten ones)."""
 _hooks_installed = False
 _hooks_lock = threading.Lock()
 

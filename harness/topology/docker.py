@@ -478,31 +478,40 @@ class DockerTopology(Topology):
 
     @classmethod
     def sweep(cls, report: SweepReport) -> None:
+        import docker
+
         client = _client(timeout=60)
         me = host_id()
+        filters = {"label": [DOCKER_LABEL, f"{LABEL_HOST}={me}"]}
         try:
-            filters = {"label": [DOCKER_LABEL, f"{LABEL_HOST}={me}"]}
-            for ctr in client.containers.list(all=True, filters=filters):
-                rid = ctr.labels.get(DOCKER_LABEL, "")
+            # The low-level listings: no inspect per item, which would race with another
+            # process sweeping (or closing) at the same time.
+            for ctr in client.api.containers(all=True, filters=filters):
+                rid = (ctr.get("Labels") or {}).get(DOCKER_LABEL, "")
+                name = (ctr.get("Names") or [ctr["Id"][:12]])[0].lstrip("/")
                 if is_alive(rid):
                     continue
                 try:
-                    ctr.remove(force=True)
+                    client.api.remove_container(ctr["Id"], force=True)
+                except docker.errors.NotFound:
+                    continue
                 except Exception as exc:
-                    report.errors.append(f"container {ctr.name}: {exc}")
+                    report.errors.append(f"container {name}: {exc}")
                 else:
-                    report.add("containers", ctr.name)
+                    report.add("containers", name)
             _sweep_rules(report)
-            for net in client.networks.list(filters=filters):
-                rid = (net.attrs.get("Labels") or {}).get(DOCKER_LABEL, "")
+            for net in client.api.networks(filters=filters):
+                rid = (net.get("Labels") or {}).get(DOCKER_LABEL, "")
                 if is_alive(rid):
                     continue
                 try:
-                    net.remove()
+                    client.api.remove_network(net["Id"])
+                except docker.errors.NotFound:
+                    continue
                 except Exception as exc:
-                    report.errors.append(f"network {net.name}: {exc}")
+                    report.errors.append(f"network {net.get('Name')}: {exc}")
                 else:
-                    report.add("networks", net.name)
+                    report.add("networks", str(net.get("Name")))
         finally:
             client.close()
 

@@ -702,6 +702,8 @@ class RefFb:
                 how = "drop" if self.closure == "filtered" else "reject"
                 self.tester_node.close_udp((500,), how=how)  # type: ignore[arg-type]
                 self._closed_ports = True
+                if how == "reject":
+                    icmp_unlimited(self.tester_node)
             self.observer = (
                 LocalObserver(self)
                 if self.local
@@ -730,6 +732,7 @@ class RefFb:
                 stack.callback(self.observer.close)
             if self._closed_ports:
                 stack.callback(self.tester_node.open_udp)
+                stack.callback(icmp_unlimited, self.tester_node, False)
             stack.callback(self.tester.client.misbehave, "silent_ike_port", False)
             stack.callback(self.put.client.clock, "real")
             stack.callback(_quiet, self.tester.client.terminate)
@@ -922,6 +925,15 @@ class RefFb:
         return int(c.get("drops.clear_inbound", 0))
 
 
+def icmp_unlimited(node: Node, on: bool = True) -> None:
+    """R's kernel answers every datagram to a closed port (``net.ipv4.icmp_ratelimit`` 0 in
+    its namespace; the default, 1000 ms with a burst of a few, would leave later cases of a
+    run without their ICMP errors). Back to the default with ``on=False``."""
+    if node.topology.backend == "local":
+        return  # loopback is never rate limited, and the host's sysctls are not ours
+    node.exec(["sysctl", "-q", "-w", f"net.ipv4.icmp_ratelimit={0 if on else 1000}"])
+
+
 def reapply_misbehaviours(ctx: CaseContext) -> None:
     """The run's ``--put-misbehave`` switches, again: the lab sets them once when it starts the
     peer, and a ``configure`` that restarts the node (new addresses or ports) loses them."""
@@ -1015,6 +1027,8 @@ class SwanFb:
                 how = "drop" if self.closure == "filtered" else "reject"
                 self.tester_node.close_udp((500, 4500), how=how)  # type: ignore[arg-type]
                 self._closed = True
+                if how == "reject":
+                    icmp_unlimited(self.tester_node)
             self._trap()
             self._log_start = self._log_size()
             self.observer = CaptureObserver(
@@ -1032,6 +1046,7 @@ class SwanFb:
                 stack.callback(self.observer.close)
             if self._closed:
                 stack.callback(self.tester_node.open_udp)
+                stack.callback(icmp_unlimited, self.tester_node, False)
             if isinstance(self.tester, ReferencePeer):
                 stack.callback(_quiet, lambda: self.tester.client.misbehave(  # type: ignore[attr-defined]
                     "silent_ike_port", False))  # fmt: skip

@@ -97,6 +97,10 @@ def ike_proposal(p: Proposal, version: int) -> str:
     return "-".join(_kw(n) for n in (*p.encr, *p.integ, *p.groups))
 
 
+def _hard(rekey: float, life: float | None) -> float:
+    return life if life is not None else max(rekey * 1.1, rekey + 1)
+
+
 def child_proposal(p: Proposal) -> str:
     return "-".join(_kw(n) for n in (*p.encr, *p.integ, *p.groups))
 
@@ -333,10 +337,18 @@ class LibreswanPeer(Peer):
             conn.append(f"    replay-window={sc.replay_window}")
         if sc.fragmentation is not None:
             conn.append(f"    fragmentation={'yes' if sc.fragmentation else 'no'}")
+        # libreswan rekeys "rekeymargin" before the hard lifetime (one margin for both SAs)
+        margin = None
         if lt.ike_rekey is not None:
-            conn.append(f"    ikelifetime={round(lt.ike_life or lt.ike_rekey * 1.1)}s")
+            ike_life = _hard(lt.ike_rekey, lt.ike_life)
+            conn.append(f"    ikelifetime={round(ike_life)}s")
+            margin = ike_life - lt.ike_rekey
         if lt.child_rekey is not None:
-            conn.append(f"    salifetime={round(lt.child_life or lt.child_rekey * 1.1)}s")
+            child_life = _hard(lt.child_rekey, lt.child_life)
+            conn.append(f"    salifetime={round(child_life)}s")
+            margin = child_life - lt.child_rekey
+        if margin is not None:
+            conn.append(f"    rekeymargin={max(1, round(margin))}s")
         if lt.jitter == 0:
             conn.append("    rekeyfuzz=0%")
         if sc.dpd is not None:

@@ -111,6 +111,14 @@ _DOS = {"cookie_threshold": "10000", "cookie_threshold_ip": "10000", "block_thre
 COOKIEs and blocked half-open SAs; peers.md §6)."""
 
 
+def _hard(rekey: float | None, life: float | None) -> float | None:
+    """The hard lifetime: as given, else 10 % (at least 1 s) after the rekey time, so the SA is
+    rekeyed before it expires (vici's default with rand_time = 0 is the rekey time itself)."""
+    if life is not None or rekey is None:
+        return life
+    return max(rekey * 1.1, rekey + 1)
+
+
 def _secs(value: float | None) -> str | None:
     return None if value is None else f"{max(0, round(value))}s"
 
@@ -372,7 +380,10 @@ class StrongSwanPeer(Peer):
             conn["childless"] = "allow" if scenario.child else "force"
         for key, value in (
             ("rekey_time", _secs(lt.ike_rekey)),
-            ("over_time", _secs(lt.ike_life)),
+            (
+                "over_time",
+                _secs(lt.ike_life - lt.ike_rekey) if lt.ike_life and lt.ike_rekey else None,
+            ),
             ("rand_time", _secs(lt.jitter)),
         ):
             if value is not None:
@@ -394,7 +405,7 @@ class StrongSwanPeer(Peer):
                 child["esp_proposals"] = [child_proposal(p) for p in scenario.esp_proposals]
             child_times: tuple[tuple[str, object], ...] = (
                 ("rekey_time", _secs(lt.child_rekey)),
-                ("life_time", _secs(lt.child_life)),
+                ("life_time", _secs(_hard(lt.child_rekey, lt.child_life))),
                 ("rand_time", _secs(lt.jitter)),
                 ("rekey_bytes", lt.child_rekey_bytes),
                 ("rekey_packets", lt.child_rekey_packets),

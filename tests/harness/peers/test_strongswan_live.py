@@ -15,6 +15,7 @@ import pytest
 from harness.peers.base import (
     FAST_RETRANSMIT,
     IkeSaState,
+    Lifetimes,
     NotApplicable,
     PeerError,
     Proposal,
@@ -225,6 +226,32 @@ def test_ikev2_certificate_authentication(
     # strongSwan signs with RFC 7427 digital signatures (auth method 14) by default
     method = "ECDSA_WITH_SHA256_DER" if kind == "ecdsa" else "RSA_EMSA_PKCS1_SHA2_256"
     assert f"authentication of '{b.addresses.v4}' with {method} successful" in log
+
+
+def test_child_lifetime_makes_strongswan_rekey_on_its_own(
+    pair: Topology, swans: tuple[StrongSwanPeer, StrongSwanPeer]
+) -> None:
+    a, b = pair.node("a"), pair.node("b")
+    ini, resp = swans
+    scenario = Scenario.between(a, b)
+    ini.configure(scenario.with_(lifetimes=Lifetimes(child_rekey=2, jitter=0)))
+    resp.configure(scenario)
+    ini.initiate(timeout=10)
+    (first,) = ini.list_sas()[0].children
+    start = time.monotonic()
+    wait_for_sa(
+        ini,
+        lambda sas: any(
+            c.spi_in != first.spi_in and c.state == "INSTALLED" for c in sas[0].children
+        ),
+        6,
+        "the Child SA to be rekeyed at its lifetime",
+    )
+    assert time.monotonic() - start <= 4.0
+    log = ini.log_path.read_text()
+    assert "CHILD_SA c{1} state change: INSTALLED => REKEYING" in log  # rekeyed, not expired
+    assert "closing expired CHILD_SA" not in log
+    assert _ping(a, b)
 
 
 def test_a_scenario_the_peer_cannot_run_is_not_applicable(

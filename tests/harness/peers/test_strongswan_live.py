@@ -320,6 +320,21 @@ def test_strongswan_to_libreswan_childless_ikev2_and_ike_rekey(pair: Topology) -
         wait_for_sa(lsw, lambda s: s == [], 5, "libreswan to delete the IKE SA")
 
 
+def test_strongswan_to_libreswan_ikev1_main_mode_only(pair: Topology) -> None:
+    _skip_unless(StrongSwanPeer)
+    _skip_unless(LibreswanPeer)
+    a, b = pair.node("a"), pair.node("b")
+    scenario = Scenario.between(a, b, ike_version=1, child=False)
+    with StrongSwanPeer(a) as sw, LibreswanPeer(b) as lsw:
+        sw.configure(scenario)
+        lsw.configure(scenario)
+        sw.initiate(timeout=10)
+        (sa,) = sw.list_sas()
+        assert sa.version == 1 and sa.established and sa.children == ()
+        (theirs,) = wait_for_sa(lsw, lambda s: _established(s, child=False), 5, "libreswan")
+        assert theirs.version == 1
+
+
 def test_libreswan_manifest_makes_child_sas_not_applicable_here(pair: Topology) -> None:
     _skip_unless(LibreswanPeer)
     caps = LibreswanPeer.capabilities()

@@ -33,6 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from reference_impl.driver import Verdict
 from reference_impl.errors import LocalProtocolError
 from reference_impl.node import config as nconfig
 from reference_impl.node import sadump
@@ -333,6 +334,14 @@ class NodeRuntime:
         outbound = host.outbound_packet
         vnet = tun.tun.vnet
         counters = self.counters
+        # The established-flow path, inlined: flow cache -> protect -> raw send (the host's
+        # cache, cleared by the host whenever its decision may change; SAs whose ESP goes in
+        # UDP, and deliberate ICV corruption, take the host's general path).
+        fast = host._fast
+        routes = host._udp_routes
+        raw_send = tun.out4.sendto
+        dst_of: dict[object, tuple[str, int]] = {}
+        delivered = Verdict.DELIVERED
 
         def reader() -> None:
             now = self.clock.now()
@@ -358,7 +367,23 @@ class NodeRuntime:
                         continue
                 else:
                     pkt = data
-                if len(pkt) < 20 or (pkt[0] >> 4 == 6 and (pkt[8] == 0xFE or pkt[24] == 0xFF)):
+                if len(pkt) >= 24 and pkt[0] == 0x45:
+                    cache = fast.get(pkt[9])
+                    sa = cache.get(pkt[12:24]) if cache is not None else None
+                    if sa is not None and not host._corrupt and id(sa) not in routes:
+                        v, out = sa.protect(pkt, now)
+                        if v is delivered:
+                            dst = dst_of.get(sa)
+                            if dst is None:
+                                if len(dst_of) > 1024:
+                                    dst_of.clear()
+                                dst = dst_of[sa] = (sa.params.dst, 0)
+                            try:
+                                raw_send(out, dst)
+                            except OSError:
+                                counters["raw.send_errors"] = counters.get("raw.send_errors", 0) + 1
+                            continue
+                elif len(pkt) < 20 or (pkt[0] >> 4 == 6 and (pkt[8] == 0xFE or pkt[24] == 0xFF)):
                     continue  # link-local or multicast IPv6 of the TUN link itself
                 outbound(pkt, now)
             host.poll(now)

@@ -416,7 +416,7 @@ class IkeSaState:
 
     @property
     def established(self) -> bool:
-        return self.state.upper().startswith("ESTABLISHED") or "ESTABLISHED" in self.state
+        return self.state.upper() == "ESTABLISHED"
 
 
 @dataclass(frozen=True)

@@ -522,7 +522,7 @@ def scenario_policy(sc: Scenario, node: str) -> str:
                 "methods": [
                     {"preshared_key": {"secret_ref": sc.name}}
                     if sc.auth == "psk"
-                    else {"certificate": {}}
+                    else {"certificate": {"ca": _ca_name(sc.ca_cert)}}
                 ],
             }
         ],
@@ -575,6 +575,16 @@ def scenario_policy(sc: Scenario, node: str) -> str:
             }
         ]
     return yaml.safe_dump({"policy": base}, sort_keys=False)
+
+
+def _ca_name(path: Path | None) -> str:
+    """The CA's subject for the policy's ``certificate.ca`` (the trust anchors themselves are
+    node credentials)."""
+    if path is None:
+        return "any"
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(path.read_bytes()).subject.rfc4514_string()
 
 
 def scenario_ike(sc: Scenario) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -505,8 +506,8 @@ class StrongSwanPeer(Peer):
             {sa.unique_id: (sa.spi_i, sa.spi_r) for sa in self.list_sas()} if self._session else {}
         )
         ike = tuple(
-            type(k)(k.version, k.secrets, k.unique_id, *spis[k.unique_id])
-            if k.unique_id in spis and k.spi_i is None
+            replace(k, spi_i=spis[k.unique_id][0], spi_r=spis[k.unique_id][1])
+            if k.unique_id in spis
             else k
             for k in keys.ike
         )

@@ -169,13 +169,21 @@ def lab(docker_client: Any, built_images: dict[str, str], no_leftovers: None) ->
 
 
 def swanctl_conf(
-    me: str, peer: str, inner_me: str, inner_peer: str, *, childless: bool = False
+    me: str,
+    peer: str,
+    inner_me: str,
+    inner_peer: str,
+    *,
+    childless: bool = False,
+    version: int = 2,
+    aggressive: bool = False,
 ) -> str:
     return f"""connections {{ t {{
-  version = 2
+  version = {version}
+  aggressive = {"yes" if aggressive else "no"}
   local_addrs = {me}
   remote_addrs = {peer}
-  proposals = aes128gcm16-prfsha256-x25519, aes256-sha256-modp2048
+  proposals = {"aes128gcm16-prfsha256-x25519, " if version == 2 else ""}aes256-sha256-modp2048
   {"childless = force" if childless else ""}
   local {{ auth = psk
            id = {me} }}
@@ -274,7 +282,14 @@ def test_no_net_admin_exits_3(lab: Lab) -> None:
     assert "no CAP_NET_ADMIN" in lab.client.api.logs(name).decode()
 
 
-def test_strongswan_pair_pings_through_libipsec(lab: Lab) -> None:
+@pytest.mark.parametrize(
+    ("version", "aggressive"),
+    [(2, False), (1, False), (1, True)],
+    ids=["ikev2", "ikev1-main", "ikev1-aggressive"],
+)
+def test_strongswan_pair_pings_through_libipsec(lab: Lab, version: int, aggressive: bool) -> None:
+    """IKEv2; IKEv1 Main + Quick Mode with PFS; Aggressive Mode PSK, which the image allows as
+    responder (peers.md §2)."""
     subnet = lab.make_network()
     a_ip, b_ip = str(subnet.network_address + 1), str(subnet.network_address + 2)
     assert ipaddress.ip_address(a_ip) in ipaddress.ip_network("198.18.0.0/15")
@@ -282,13 +297,21 @@ def test_strongswan_pair_pings_through_libipsec(lab: Lab) -> None:
         "strongswan",
         "swa",
         ip=a_ip,
-        config={"swanctl.conf": swanctl_conf(a_ip, b_ip, "198.19.1.1", "198.19.2.1")},
+        config={
+            "swanctl.conf": swanctl_conf(
+                a_ip, b_ip, "198.19.1.1", "198.19.2.1", version=version, aggressive=aggressive
+            )
+        },
     )
     b = lab.create(
         "strongswan",
         "swb",
         ip=b_ip,
-        config={"swanctl.conf": swanctl_conf(b_ip, a_ip, "198.19.2.1", "198.19.1.1")},
+        config={
+            "swanctl.conf": swanctl_conf(
+                b_ip, a_ip, "198.19.2.1", "198.19.1.1", version=version, aggressive=aggressive
+            )
+        },
     )
     for name in (a, b):
         info = lab.client.api.inspect_container(name)["HostConfig"]
@@ -305,6 +328,8 @@ def test_strongswan_pair_pings_through_libipsec(lab: Lab) -> None:
     rc, out = lab.exec(a, "swanctl", "--initiate", "--child", "c")
     assert rc == 0, out
     assert "CHILD_SA c{1} established" in out
+    mode = {2: "IKE_SA_INIT", 1: "Aggressive Mode" if aggressive else "Main Mode"}[version]
+    assert mode in out
     rc, out = lab.exec(a, "ping", "-c", "3", "-W", "2", "-I", "198.19.1.1", "198.19.2.1")
     assert rc == 0, out
     assert "3 received" in out
@@ -315,7 +340,7 @@ def test_strongswan_pair_pings_through_libipsec(lab: Lab) -> None:
 
     # Logs in the mounted-or-not log folder, at the level that prints keys (for the oracle).
     log = lab.read(a, "/var/log/ipsec-interop/charon.log")
-    assert "Sk_ei secret" in log
+    assert ("Sk_ei secret" if version == 2 else "encryption key Ka") in log
     assert "encryption initiator key" in log
 
     lab.client.api.stop(a, timeout=10)

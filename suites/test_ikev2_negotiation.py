@@ -1056,4 +1056,3 @@ def test_neg_023_responder_nat(ctx: CaseContext) -> None:
         children = [c for x in sas for c in x.children]
         assert children, "no Child SA on the PUT"
         assert all(c.encap for c in children), "the Child SA is not UDP-encapsulated"
-        ini.close(natt=True)

@@ -1111,6 +1111,8 @@ class Initiator:
         self.half_open = 0
         """IKE SAs left half-open on the PUT (see :func:`flush_half_open`)."""
         self.last_nonce = b""
+        self.natt = False
+        """IKE moved to the PUT's NAT-T port (``auth(natt=True)``)."""
 
     # IKE_SA_INIT ---------------------------------------------------------------------------
 
@@ -1283,6 +1285,7 @@ class Initiator:
             ]
         mid = sa.next_mid
         sa.next_mid += 1
+        self.natt = natt
         data = sa.seal(IKE_AUTH, mid, payloads, response=False)
         self.wire.log(f"   (IKE_AUTH request {mid} inside SK: {' '.join(payload_names(payloads))})")
         self.wire.send(data, port=NATT_PORT if natt else IKE_PORT, marker=natt)
@@ -1310,10 +1313,12 @@ class Initiator:
         exchange: int,
         payloads: Sequence[v2p.Payload],
         *,
-        natt: bool = False,
+        natt: bool | None = None,
         timeout: float = 4.0,
     ) -> Reply:
-        """A protected request on the established SA (CREATE_CHILD_SA, INFORMATIONAL)."""
+        """A protected request on the established SA (CREATE_CHILD_SA, INFORMATIONAL);
+        ``natt`` default: where IKE_AUTH went."""
+        natt = self.natt if natt is None else natt
         sa = self.sa
         assert sa is not None
         mid = sa.next_mid
@@ -1331,12 +1336,16 @@ class Initiator:
             self.wire.log(f"   ({X(exchange).name} response inside SK: {reply.describe()})")
         return reply
 
-    def close(self, *, natt: bool = False) -> None:
-        """Delete the IKE SA if it was established (cleanup), and close the wire."""
+    def finish(self) -> None:
+        """Delete the current IKE SA if it was established (cleanup); the wire stays."""
+        if self.sa is not None and self.sa.established:
+            self.sa.established = False
+            self.request(INFORMATIONAL, [v2p.DeletePayload(1)], natt=self.natt, timeout=2.0)
+
+    def close(self) -> None:
+        """:meth:`finish`, and close the wire."""
         try:
-            if self.sa is not None and self.sa.established:
-                self.request(INFORMATIONAL, [v2p.DeletePayload(1)], natt=natt, timeout=2.0)
-                self.sa.established = False
+            self.finish()
         finally:
             self.wire.close()
 

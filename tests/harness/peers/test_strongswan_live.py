@@ -6,6 +6,7 @@ Recipes and expected behaviour: ../shared/design/peers.md (§0 recipe, §2 IKEv1
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -283,10 +284,13 @@ def test_closed_udp_500_fails_after_the_retransmission_schedule(
         ini.initiate(timeout=30)
     elapsed = time.monotonic() - start
     # 1 + 1.5 + 2.25 + 3.375 = 8.125 s; charon ignores ICMP, so reject fails no sooner
-    assert 7.9 <= elapsed <= 10.0, elapsed
+    # (the upper bound leaves room for a loaded machine; the wire shows the exact schedule)
+    assert 7.9 <= elapsed <= 12.0, elapsed
     packets = rdpcap(str(cap.stop()))
     sa_init = [p for p in packets if UDP in p and p[UDP].dport == 500 and p[UDP].sport == 500]
     assert len(sa_init) == 4  # the request and 3 retransmissions
+    gaps = [float(y.time - x.time) for x, y in itertools.pairwise(sa_init)]
+    assert gaps == pytest.approx([1.0, 1.5, 2.25], abs=0.25)
     unreachable = [p for p in packets if ICMP in p and p[ICMP].type == 3 and p[ICMP].code == 3]
     assert len(unreachable) == (4 if how == "reject" else 0)
     assert resp.list_sas() == []

@@ -233,10 +233,10 @@ class Scenario:
     dpd: Dpd | None = None
     retransmit: Retransmit | None = None
     force_encap: bool = False
+    """UDP-encapsulate ESP even without a NAT."""
     replay_window: int | None = None
     """Anti-replay window of the Child SAs in packets (RFC 4303 §3.4.3; 0: off); ``None``: the
     implementation's default."""
-    """UDP-encapsulate ESP even without a NAT."""
     fragmentation: bool | None = None
     """IKE fragmentation (RFC 7383): True, False or the implementation's default."""
     name: str = "t"

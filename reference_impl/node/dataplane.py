@@ -35,6 +35,7 @@ from typing import Any
 
 from reference_impl.node.offload import Gro
 from reference_impl.node.tun import TunDevice
+from reference_impl.node.udp import big_buffers
 
 log = logging.getLogger("reference_impl.node")
 
@@ -150,8 +151,7 @@ class TunPlane(DataPlane):
         s = socket.socket(family, socket.SOCK_RAW, proto)
         self.sockets.append(s)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            s.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+        big_buffers(s)
         s.setblocking(False)
         return s
 
@@ -339,8 +339,7 @@ class ApiPlane(DataPlane):
             fam = socket.AF_INET6 if ":" in address else socket.AF_INET
             s = socket.socket(fam, socket.SOCK_DGRAM)
             try:
-                for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                    s.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+                big_buffers(s)
                 s.bind((address, clear_port))
                 s.setblocking(False)
             except BaseException:

@@ -174,6 +174,7 @@ MISBEHAVIOURS = {
     "ike_after_fallback": "IKE goes on retransmitting after a fallback to clear (the attempt "
     "is not cancelled, so a late answer upgrades the soft SA silently)",
     "leak_while_negotiating": "packets held while an SA is negotiated also leave in clear",
+    "accept_any_auth": "the peer's IKEv2 AUTH and certificates are not verified (new IKE SAs)",
 }
 """Deliberate misbehaviours for negative testing (``Host.set_misbehaviour``)."""
 
@@ -304,6 +305,10 @@ class Host:
             )
         if name == "wrong_natd":
             self._rebuild()
+        if name == "accept_any_auth":
+            self.ike2.settings = dataclasses.replace(
+                self.ike2.settings, accept_any_auth=bool(value)
+            )
         self._invalidate()
         self._record(now, "misbehaviour", name=name, value=value)
 

@@ -53,7 +53,9 @@ class TunDevice:
             raise
 
     def _configure_link(self, mtu: int) -> None:
-        _ip("link", "set", "dev", self.name, "mtu", str(mtu), "up")
+        # A longer queue than the default 500: the node reads in batches, and a burst the
+        # kernel cannot queue is a TCP retransmission.
+        _ip("link", "set", "dev", self.name, "mtu", str(mtu), "txqueuelen", "5000", "up")
         with open(f"/sys/class/net/{self.name}/ifindex") as f:
             self.index = int(f.read())
 

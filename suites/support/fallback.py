@@ -494,9 +494,13 @@ class CaptureObserver(Observer):
     """``netns``: a capture of the link (before R's packet filter)."""
 
     def __init__(self, topo: Topology, node: Node, i_addr: str, r_addrs: Sequence[str],
-                 inject: Callable[[bytes], None] | None, name: str) -> None:  # fmt: skip
+                 inject: Callable[[bytes], None] | None, name: str,
+                 i_source: str | None = None) -> None:  # fmt: skip
         super().__init__()
         self.i_addr = i_addr
+        """I's address as R sees it (behind a NAT: the router's)."""
+        self.i_source = i_source or i_addr
+        """I's own address (the source of the sentinels it sends)."""
         self.r_addrs = set(r_addrs)
         self.inject = inject
         self.node = node
@@ -506,6 +510,27 @@ class CaptureObserver(Observer):
         self.icmp_unreachable = 0
         self.wire: list[tuple[float, Ip4]] = []
         """Every IPv4 packet I sent on the link, with its capture time."""
+        if inject is not None:
+            self._prime()
+
+    def _prime(self) -> None:
+        """tcpdump says "listening" a moment before it captures anything: sentinels until
+        one shows (what the case sends from then on is captured)."""
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            tag = self._sentinel()
+            if poll(lambda tag=tag: any(p.payload[8:] == tag for p in self._echoes()), 0.3):  # type: ignore[misc]
+                self._done = len(self.frames())
+                return
+        raise AssertionError("the capture never showed a sentinel (harness)")
+
+    def _echoes(self) -> list[Ip4]:
+        out = []
+        for _, f in self.frames():
+            ip = Ip4.parse(f)
+            if ip is not None and ip.icmp == (8, 0):
+                out.append(ip)
+        return out
 
     def close(self) -> None:
         self.capture.stop()
@@ -513,22 +538,23 @@ class CaptureObserver(Observer):
     def frames(self) -> list[tuple[float, bytes]]:
         return list(_pcap_frames(self.path))
 
-    def _sentinel(self) -> int:
-        ident = 0x4700 + self.next_id() % 0x100
+    def _sentinel(self) -> bytes:
+        """An ICMP echo from I, told apart by its payload (a NAT rewrites the identifier)."""
+        n = self.next_id()
+        tag = SENTINEL + f"{os.getpid()}.{n}".encode()
         if self.inject is not None:
             r = sorted(self.r_addrs)[0]
-            self.inject(icmp4_echo(self.i_addr, r, ident, 1, SENTINEL))
-        return ident
+            self.inject(icmp4_echo(self.i_source, r, 0x4700 + n % 0x100, 1, tag))
+        return tag
 
     def sync(self, t: float) -> None:
-        ident = self._sentinel()
-        want = struct.pack("!H", ident)
+        tag = self._sentinel()
 
         def seen() -> list[tuple[float, bytes]] | None:
             frames = self.frames()
             for _, f in frames[self._done :]:
                 ip = Ip4.parse(f)
-                if ip is not None and ip.icmp == (8, 0) and ip.payload[4:6] == want:
+                if ip is not None and ip.icmp == (8, 0) and ip.payload[8:] == tag:
                     return frames
             return None
 
@@ -561,7 +587,7 @@ class CaptureObserver(Observer):
                                     ip.sport))  # fmt: skip
         elif ip.proto == 50:
             self.packets.append(PacketSeen(t, ip, True))
-        elif ip.icmp == (8, 0) and ip.payload.endswith(SENTINEL):
+        elif ip.icmp == (8, 0) and ip.payload[8:].startswith(SENTINEL):
             return
         else:
             self.packets.append(PacketSeen(t, ip, False))
@@ -1161,8 +1187,185 @@ def swan_schedule(timeout: float, base: float, tries: int) -> tuple[list[float],
     return sends, round(t + timeout * base**tries, 4)
 
 
-def nat_case(ctx: CaseContext) -> None:
-    """Policy-spec FB-28 (a NAT between I and R): not built yet."""
-    from harness.peers.base import NotApplicable
+NAT_SENDS = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
 
-    raise NotApplicable(["FB-28 needs a NAT router (TopologySpec.routed, netns or docker)"])
+
+def nat_case(ctx: CaseContext) -> None:
+    """Policy-spec FB-28: I behind a NAT (a masquerading router), R:500 open, R:4500
+    filtered. IKE_SA_INIT is answered; I detects the NAT and sends IKE_AUTH from its port 4500
+    (non-ESP marker) on a fresh schedule; no answer: the exchange fails at +64 s, and a request
+    rule does not fall back (R replied). Built in a topology of its own (the lab has no router):
+    ``netns`` only."""
+    from harness.peers.base import NotApplicable
+    from harness.topology import TopologySpec, open_topology
+    from harness.topology.base import FEATURE_NAT
+
+    topo_name = ctx.lab.options.topology
+    if topo_name == "local":
+        raise NotApplicable(["FB-28 needs a NAT router: --topology netns (or docker)"])
+    if ctx.peer_name not in ("reference", "strongswan"):
+        raise NotApplicable([f"{ctx.peer_name}: needs a NAT topology of its own"])
+    spec = TopologySpec.routed("fbi", "fbr", behind_nat=["fbi"], ipv6=False)
+    artifacts = ctx.lab.options.reports / "lab" / "fb28"
+    with open_topology(topo_name, spec, artifacts=artifacts) as topo:
+        topo.require(FEATURE_NAT)
+        if ctx.peer_name == "reference":
+            _nat_reference(ctx, topo)
+        else:
+            _nat_strongswan(ctx, topo)
+
+
+def _masquerade_address(r: Node) -> str:
+    """Where I's traffic comes from at R: the router's address on R's link (.1, the
+    addressing plan of harness.topology.base.routed_link_addresses)."""
+    return str(ipaddress.ip_interface(f"{r.addresses.v4}/24").network.network_address + 1)
+
+
+def _nat_reference(ctx: CaseContext, topo: Topology) -> None:
+    from harness.peers.base import Scenario
+    from harness.peers.reference import ReferencePeer
+
+    i_node, r_node = topo.node("fbi"), topo.node("fbr")
+    nat_addr = _masquerade_address(r_node)
+    i_peer, r_peer = ReferencePeer(i_node, clock="virtual"), ReferencePeer(r_node)
+    with i_peer, r_peer:
+        for name, value in ctx.lab.options.misbehaviour_values():
+            i_peer.impair(name, value)
+        sc = Scenario.between(i_node, r_node, mode="transport")
+        i_peer.configure(sc)
+        r_peer.configure(sc)
+        r_text = policy_yaml("fb-28-r", [nat_addr], require_action(inbound_passthrough=True),
+                             psk_ref=sc.name)  # fmt: skip
+        r_peer.client.load_policy(text=r_text)
+        r_node.close_udp((4500,), how="drop")
+        i_addr, r_addr = i_node.addresses.v4, r_node.addresses.v4
+        for rule in ("request", "require"):
+            with ctx.step(f"{rule} rule"):
+                action = request_action(after_s=3.0) if rule == "request" else require_action()
+                i_text = policy_yaml(f"fb-28-i-{rule}", [r_addr], action, psk_ref=sc.name)
+                i_peer.client.load_policy(text=i_text)
+                i_peer.client.advance(FLOW_FORGET_S)
+
+                def inject(packet: bytes) -> None:
+                    i_peer.client.inject([packet])
+
+                obs = CaptureObserver(topo, r_node, nat_addr, [r_addr], inject, f"fb28-{rule}",
+                                      i_source=i_addr)  # fmt: skip
+                try:
+                    _nat_reference_run(ctx, i_peer, obs, i_addr, r_addr, rule)
+                finally:
+                    obs.close()
+                    if ctx.recording is not None:
+                        from harness.report import EvidenceKind
+
+                        ctx.recording.attach_text(f"seen at R ({rule})", obs.evidence())
+                        ctx.recording.attach_file(obs.path, EvidenceKind.PCAP)
+                    i_peer.client.load_policy(text=policy_yaml("fb-clean", [], None))
+                    _quiet(i_peer.client.terminate)
+                    _quiet(r_peer.client.terminate)
+
+
+def _nat_reference_run(
+    ctx: CaseContext, i_peer: Any, obs: CaptureObserver, i_addr: str, r_addr: str, rule: str
+) -> None:
+    t0 = float(i_peer.client.clock()["now"])
+
+    def t() -> float:
+        return float(i_peer.client.clock()["now"]) - t0
+
+    def step(when: float) -> None:
+        now = t()
+        if when > now:
+            i_peer.client.advance(when - now)
+        obs.sync(t())
+
+    def audit(kind: str) -> list[dict[str, Any]]:
+        return [{**r, "t": r["time"] - t0} for r in i_peer.client.audit(since=t0, kinds=[kind])]
+
+    def state() -> str:
+        for m in i_peer.client.agent_state().get("machines", []):
+            if m.get("rule") == "fb":
+                return str(m["state"])
+        return "NO_SA"
+
+    i_peer.client.inject([udp4(i_addr, r_addr, 40000, PROBE_DPORT, MAGIC + b"P1")])
+    replied = poll(lambda: audit("peer_replied"), 15.0)
+    assert replied, "IKE_SA_INIT was not answered on 500 (no peer_replied)"
+    assert state() == "NEGOTIATING", f"state {state()} after R's answer"
+    for when in NAT_SENDS:
+        step(max(0.0, when - BEFORE))
+        step(when + EPS)
+    init = [s for s in obs.ike if s.port == 500]
+    auth = [s for s in obs.ike if s.port == 4500]
+    assert len(init) == 1 and init[0].exchange == 34, f"IKE_SA_INIT to R:500: {len(init)}"
+    assert stamps(auth) == NAT_SENDS, f"IKE_AUTH to R:4500 at {stamps(auth)}, want {NAT_SENDS}"
+    assert all(s.marker for s in auth), "IKE_AUTH on 4500 without the non-ESP marker"
+    assert all(s.exchange == 35 for s in auth), [s.exchange for s in auth]
+    assert len({s.data for s in auth}) == 1, "IKE_AUTH retransmissions not byte-identical"
+    assert not audit("fallback"), "fell back although R replied"
+    step(64.0 - BEFORE)
+    assert state() == "NEGOTIATING", f"state {state()} before +64 s"
+    step(64.0 + EPS)
+    failed = audit("failed")
+    assert failed and failed[0]["t"] == pytest_approx(64.0), f"failure at {failed}"
+    assert state() == "FAILED", f"state {state()} ({rule}), expected FAILED"
+    assert not audit("fallback"), f"{rule}: fell back although R replied"
+    assert not [p for p in obs.packets if p.packet.probe is not None and not p.protected], (
+        "a probe left in clear"
+    )
+
+
+def pytest_approx(value: float) -> Any:
+    import pytest
+
+    return pytest.approx(value, abs=1e-6)
+
+
+def _nat_strongswan(ctx: CaseContext, topo: Topology) -> None:
+    from harness.peers.base import FAST_RETRANSMIT, Scenario
+    from harness.peers.reference import ReferencePeer
+    from harness.peers.registry import peer_class
+
+    i_node, r_node = topo.node("fbi"), topo.node("fbr")
+    nat_addr = _masquerade_address(r_node)
+    i_peer = peer_class("strongswan")(i_node)
+    r_peer = ReferencePeer(r_node)
+    with i_peer, r_peer:
+        sc = Scenario.between(i_node, r_node, retransmit=FAST_RETRANSMIT)
+        i_peer.configure(sc)
+        r_peer.configure(sc)
+        r_text = policy_yaml("fb-28-r", [nat_addr], require_action(inbound_passthrough=True),
+                             psk_ref=sc.name)  # fmt: skip
+        r_peer.client.load_policy(text=r_text)
+        r_node.close_udp((4500,), how="drop")
+        obs = CaptureObserver(topo, r_node, nat_addr, [r_node.addresses.v4], None, "fb28-swan")
+        try:
+            t0 = time.time()
+            with contextlib.suppress(Exception):
+                i_peer.initiate(timeout=20.0)
+            t_fail = time.time() - t0
+            obs.sync(0.0)
+        finally:
+            obs.close()
+        sends, fail = swan_schedule(1.0, 1.5, 3)
+        auth = [(ts - t0, ip) for ts, ip in obs.wire if ip.proto == 17 and ip.dport == 4500]
+        init = [(ts - t0, ip) for ts, ip in obs.wire if ip.proto == 17 and ip.dport == 500]
+        got = [round(t, 3) for t, _ in auth]
+        if ctx.recording is not None:
+            from harness.report import EvidenceKind
+
+            ctx.recording.attach_text("observed", f"IKE_SA_INIT to R:500: {len(init)}; IKE_AUTH "
+                                      f"to R:4500 at {got}; initiate gave up after {t_fail:.3f} s;"
+                                      f" expected {sends}, {fail}")  # fmt: skip
+            ctx.recording.attach_file(obs.path, EvidenceKind.PCAP)
+            ctx.recording.known_behaviour("strongswan-acquire-emulated")
+        assert init, "no IKE_SA_INIT reached R:500"
+        assert len(auth) == len(sends), f"IKE_AUTH to R:4500 at {got}, expected {sends}"
+        t_a = auth[0][0]
+        for (t, ip), want in zip(auth, sends, strict=True):
+            assert abs(t - t_a - want) <= wall_tolerance(want), f"IKE_AUTH at +{t - t_a:.3f}"
+            assert ip.payload[:4] == b"\0\0\0\0", "IKE_AUTH on 4500 without the marker"
+        assert len({ip.payload for _, ip in auth}) == 1, "retransmissions not byte-identical"
+        assert abs(t_fail - t_a - fail) <= wall_tolerance(fail) + 0.2, (
+            f"gave up {t_fail - t_a:.3f} s after the first IKE_AUTH, expected {fail}"
+        )

@@ -136,7 +136,9 @@ def run(
 
     reports = Path(reports_dir)
     suites_dir = Path(importlib.import_module(package).__path__[0])
-    args = [str(suites_dir), "-p", "no:cacheprovider", "--ipsec-topology", topology,
+    ini = Path(__file__).resolve().parent.parent / "suites.ini"
+    args = [str(suites_dir), "-c", str(ini), "--rootdir", str(suites_dir.parent),
+            "-p", "no:cacheprovider", "--ipsec-topology", topology,
             "--ipsec-reports", str(reports), "--ipsec-rerun", "ipsec-interop run",
             "--alluredir", str(reports / "allure-results"), "--clean-alluredir",
             "-o", "console_output_style=classic"]  # fmt: skip

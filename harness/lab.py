@@ -61,29 +61,48 @@ class LabOptions:
         return out
 
 
+IMPLEMENTATIONS = {
+    "reference": "reference",  # the recorder keys the export-keys default on this name
+    "strongswan": "strongSwan",
+    "libreswan": "libreswan",
+    "external": "external device",
+}
+
+
 def peer_infos(options: LabOptions) -> list[PeerInfo]:
     """The report's peer list: each peer under test, then the tester."""
+    from harness import __version__
     from harness.peers.registry import AdapterMissing, peer_class
     from harness.report import PeerInfo
 
     infos = []
     for kind in options.peers:
         version = None
-        try:
-            avail = peer_class(kind).availability()
-            version = avail.detail if avail.available else None
-        except (AdapterMissing, ValueError):
-            pass
+        if kind == "reference":
+            version = __version__
+        else:
+            try:
+                avail = peer_class(kind).availability()
+                version = avail.detail if avail.available else None
+            except (AdapterMissing, ValueError):
+                pass
         infos.append(
             PeerInfo(
                 name=kind,
-                implementation=kind,
+                implementation=IMPLEMENTATIONS.get(kind, kind),
                 version=version,
                 under_test=True,
                 address=options.target if kind == "external" else None,
             )
         )
-    infos.append(PeerInfo(name=TESTER_NAME, implementation="reference", under_test=False))
+    infos.append(
+        PeerInfo(
+            name=TESTER_NAME,
+            implementation=IMPLEMENTATIONS["reference"],
+            version=__version__,
+            under_test=False,
+        )
+    )
     return infos
 
 

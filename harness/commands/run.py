@@ -101,7 +101,7 @@ def run(
     target: str | None,
     peer_file: str | None,
     strict: bool,
-    jobs: int,
+    jobs: str,
     baseline: str | None,
     reports_dir: str,
     export_keys: bool | None,
@@ -127,6 +127,7 @@ def run(
     for p in peers:
         if p not in ADAPTERS:
             raise click.UsageError(f"unknown peer {p!r}; peers are: {', '.join(ADAPTERS)}")
+    workers = _workers(jobs)
     if "external" in peers and not target:
         raise click.UsageError("--peer external needs --target ADDRESS")
     selected = [c for c in all_cases if case_selected(c, list(cases), set(suites))]
@@ -160,8 +161,8 @@ def run(
         args += ["--ipsec-export-keys", "yes" if export_keys else "no"]
     for m in misbehave:
         args += ["--ipsec-put-misbehave", m]
-    if jobs > 1:
-        args += ["-n", str(jobs)]
+    if workers > 1:
+        args += ["-n", str(workers)]
     if not no_progress and not verbose:
         args += ["--ipsec-progress", "-p", "no:terminal"]
     elif not verbose:
@@ -176,6 +177,20 @@ def run(
 
     status = pytest.main(args)
     sys.exit(_finish(int(status), reports, baseline))
+
+
+def _workers(jobs: str) -> int:
+    if jobs == "auto":
+        return max(1, min(os.cpu_count() or 1, 4))
+    try:
+        value = int(jobs)
+    except ValueError:
+        raise click.BadParameter(
+            f"{jobs!r} is not a number or 'auto'", param_hint="--jobs"
+        ) from None
+    if value < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--jobs")
+    return value
 
 
 def _finish(status: int, reports: Path, baseline: str | None) -> int:

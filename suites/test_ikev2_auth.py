@@ -44,7 +44,7 @@ from suites.support.ike import (
     put_initiates,
     put_responds,
     signature_algorithm,
-    test_pki,
+    suite_pki,
     wait_put,
 )
 
@@ -380,12 +380,12 @@ def test_auth_005_mitm_message_1(ctx: CaseContext) -> None:
 def _cert_scenario(
     ctx: CaseContext, put: str = "put-rsa", tester: str = "tester-rsa", **kw: Any
 ) -> Scenario:
-    pki = test_pki(ctx)
+    pki = suite_pki(ctx)
     return pki.scenario(ctx.scenario(**kw), put=put, tester=tester)
 
 
 def _put_key(ctx: CaseContext, cred: str) -> Any:
-    return test_pki(ctx).creds[cred].cert.public_key()
+    return suite_pki(ctx).creds[cred].cert.public_key()
 
 
 @case(
@@ -399,7 +399,7 @@ def _put_key(ctx: CaseContext, cred: str) -> Any:
 )
 def test_auth_006_rsa_method_1(ctx: CaseContext) -> None:
     sc = _cert_scenario(ctx)
-    me = test_pki(ctx).creds["tester-rsa"]
+    me = suite_pki(ctx).creds["tester-rsa"]
     out = exchange(
         ctx,
         sc,
@@ -421,7 +421,7 @@ def test_auth_006_rsa_method_1(ctx: CaseContext) -> None:
     needs=(*WITH_CHILD, CERT_RSA),
 )
 def test_auth_007_first_cert(ctx: CaseContext) -> None:
-    pki = test_pki(ctx)
+    pki = suite_pki(ctx)
     sc = _cert_scenario(ctx, put="put-chain")
     chain = pki.creds["put-chain"]
 
@@ -467,7 +467,7 @@ def test_auth_007_first_cert(ctx: CaseContext) -> None:
     needs=(*NEEDS, CERT_RSA),
 )
 def test_auth_008_untrusted_certs(ctx: CaseContext) -> None:
-    pki = test_pki(ctx)
+    pki = suite_pki(ctx)
     for cred, what in (
         ("tester-selfsigned", " (self-signed certificate)"),
         ("tester-expired", " (expired certificate)"),
@@ -525,7 +525,7 @@ _VARIANTS = (
     needs=(*WITH_CHILD, CERT_RSA, CERT_ECDSA),
 )
 def test_auth_010_digital_signature(ctx: CaseContext) -> None:
-    pki = test_pki(ctx)
+    pki = suite_pki(ctx)
     failures = []
     for label, cred, scheme, name in _VARIANTS:
         sc = _cert_scenario(ctx, tester=cred)
@@ -561,7 +561,7 @@ def test_auth_010_digital_signature(ctx: CaseContext) -> None:
 )
 def test_auth_011_peer_hash(ctx: CaseContext) -> None:
     sc = _cert_scenario(ctx)
-    me = test_pki(ctx).creds["tester-rsa"]
+    me = suite_pki(ctx).creds["tester-rsa"]
     out = exchange(
         ctx,
         sc,
@@ -597,7 +597,7 @@ def test_auth_011_peer_hash(ctx: CaseContext) -> None:
 )
 def test_auth_012_ecdsa_p256(ctx: CaseContext) -> None:
     sc = _cert_scenario(ctx, put="put-ecdsa", tester="tester-ecdsa")
-    me = test_pki(ctx).creds["tester-ecdsa"]
+    me = suite_pki(ctx).creds["tester-ecdsa"]
     out = exchange(
         ctx,
         sc,
@@ -714,7 +714,7 @@ def test_auth_014_no_terminator(ctx: CaseContext) -> None:
     needs=(*NEEDS, CERT_RSA),
 )
 def test_auth_015_id_not_in_cert(ctx: CaseContext) -> None:
-    pki = test_pki(ctx)
+    pki = suite_pki(ctx)
     base = _cert_scenario(ctx, tester="tester-peer-example")
     me = replace(base.local("tester"), identity="@other.example")
     sc = replace(base, endpoints=_swap(base, me))

@@ -25,7 +25,7 @@ On the ``local`` topology the nodes share one host and the reference node maps i
 the logical 500/4500 (``reference_impl.node.host.PortMap``): NAT-D hashes are computed with
 the logical ports there, as the PUT itself does.
 
-Certificates come from :func:`test_pki`: a root CA, an intermediate, RSA 2048 and ECDSA P-256
+Certificates come from :func:`suite_pki`: a root CA, an intermediate, RSA 2048 and ECDSA P-256
 end entities for both nodes, one issued by the intermediate, an expired one, a self-signed one
 and one whose subjectAltName names another identity.
 """
@@ -230,7 +230,7 @@ class Cred:
 
 @dataclass(frozen=True)
 class TestPki:
-    """The suites' PKI: ``ca`` (trusted by both ends), ``creds`` by name (see :func:`test_pki`)."""
+    """The suites' PKI: ``ca`` (trusted by both ends), ``creds`` by name (see :func:`suite_pki`)."""
 
     ca: x509.Certificate
     ca_path: Path
@@ -301,7 +301,7 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def test_pki(ctx: CaseContext) -> TestPki:
+def suite_pki(ctx: CaseContext) -> TestPki:
     """The PKI for this topology (made once per worker, in the topology's scratch directory).
 
     Credentials: ``put-rsa``/``tester-rsa`` (RSA 2048) and ``put-ecdsa``/``tester-ecdsa``
@@ -314,9 +314,13 @@ def test_pki(ctx: CaseContext) -> TestPki:
     put_addr, tester_addr = topo.node(PUT).addresses.v4, topo.node(TESTER).addresses.v4
     key = (str(topo.workdir), put_addr, tester_addr)
     hit = _PKI.get(key)
-    if hit is not None:
-        return hit
-    d = topo.workdir / "ike-pki"
+    if hit is None:
+        hit = _PKI[key] = make_pki(topo.workdir / "ike-pki", put_addr, tester_addr)
+    return hit
+
+
+def make_pki(d: Path, put_addr: str, tester_addr: str) -> TestPki:
+    """Write the suites' PKI under ``d`` (see :func:`suite_pki`)."""
     d.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)
@@ -376,9 +380,7 @@ def test_pki(ctx: CaseContext) -> TestPki:
     make("tester-expired", "rsa", tester_addr, expired=True)
     make("tester-selfsigned", "rsa", tester_addr, issuer=None)
     make("tester-peer-example", "rsa", "peer.example")
-    pki = TestPki(ca, d / "ca.pem", im, d / "intermediate.pem", creds)
-    _PKI[key] = pki
-    return pki
+    return TestPki(ca, d / "ca.pem", im, d / "intermediate.pem", creds)
 
 
 # --- proposals on the wire ---

@@ -213,6 +213,7 @@ def transport_policy(
     extra_action: str = "",
     mm: str = "{enc: aes256, integ: sha256, dh: modp2048}",
     methods: str = "",
+    remote_port: int = 500,
 ) -> str:
     """A host-to-host policy: everything between us and ``peer`` negotiated."""
     if not methods:
@@ -230,6 +231,7 @@ policy:
     default_action: bypass
     ike:
       version: {version}
+      remote_port: {remote_port}
       main_mode:
         proposals: [{mm}]
   default_response_rule: {{enabled: false}}

@@ -419,3 +419,20 @@ def test_unusable_rule_fails_the_acquire_instead_of_hanging() -> None:
     net.run(1.0)
     assert [m.state.value for m in a.agent.machines()] == ["FAILED"]
     assert not net.wire
+
+
+def test_ikev2_starts_on_4500_when_the_policy_says_so() -> None:
+    """Policy-spec FB-27 / §3.6 N2: IKE_SA_INIT to port 4500 with the non-ESP marker, ESP in
+    UDP, nothing to port 500."""
+    net = Net()
+    a = net.add(A, host(A))
+    b = net.add(B, host(B))
+    a.load_policy(transport_policy(B, remote_port=4500), 0, text=True)
+    b.load_policy(transport_policy(A), 0, text=True)
+    net.closed[(B, 500)] = "drop"
+    net.send(A, udp_packet(A, B, 1, 2, b"via 4500"))
+    net.run(2.0)
+    assert payloads(net.got(B)) == [b"via 4500"]
+    ike = [w for w in net.wire if w.kind == "udp" and w.src == A]
+    assert ike[0].dport == 4500 and ike[0].data[:4] == b"\0\0\0\0"
+    assert not [w for w in net.wire if w.kind == "udp" and w.dport == 500]

@@ -50,6 +50,11 @@ def run_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return res
 
 
+_RECV_EXTENSIONS = (socket.IPV6_RECVHOPOPTS, socket.IPV6_RECVDSTOPTS, socket.IPV6_RECVRTHDR)
+_EXTENSION_OF = {socket.IPV6_HOPOPTS: 0, socket.IPV6_DSTOPTS: 60, socket.IPV6_RTHDR: 43}
+"""Ancillary data type -> IPv6 Next Header value of the extension header it carries."""
+
+
 class DataPlane:
     """What the runtime needs from a data plane."""
 
@@ -140,6 +145,8 @@ class TunPlane(DataPlane):
                     try:
                         s6 = self._raw(socket.AF_INET6, proto)
                         s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                        for opt in _RECV_EXTENSIONS:
+                            s6.setsockopt(socket.IPPROTO_IPV6, opt, 1)
                     except OSError:
                         continue  # no IPv6 here
                     self.in6_sockets.append((s6, proto))
@@ -166,12 +173,14 @@ class TunPlane(DataPlane):
     def _reader6(self, s: socket.socket, proto: int) -> Callable[[], None]:
         """IPv6 raw sockets deliver what follows the IPv6 header: the header is rebuilt from
         the source and the packet-info destination (RFC 3542 §6), as the driver takes whole
-        datagrams (hop limit and flow label are mutable: they do not enter an AH ICV)."""
+        datagrams (hop limit and flow label are mutable: they do not enter an AH ICV), with the
+        hop-by-hop, destination options and routing headers that preceded ESP/AH in the order
+        they came (RFC 3542 §4: AH covers them, RFC 4302 §3.3.3.1.2.2)."""
         from reference_impl.driver.packet import ipv6_header
 
         on_ip = self.on_ip
         recvmsg = s.recvmsg
-        space = socket.CMSG_SPACE(20)
+        space = socket.CMSG_SPACE(20) + 3 * socket.CMSG_SPACE(2048)
 
         def read() -> None:
             for _ in range(256):
@@ -182,22 +191,34 @@ class TunPlane(DataPlane):
                 except OSError:
                     return
                 dst = b""
+                exts: list[tuple[int, bytes]] = []
                 for level, ctype, cdata in anc:
-                    if level == socket.IPPROTO_IPV6 and ctype == socket.IPV6_PKTINFO:
+                    if level != socket.IPPROTO_IPV6:
+                        continue
+                    if ctype == socket.IPV6_PKTINFO:
                         dst = cdata[:16]
+                    elif ctype in _EXTENSION_OF:
+                        exts.append((_EXTENSION_OF[ctype], cdata))
                 if len(dst) != 16:
                     continue
                 src = socket.inet_pton(socket.AF_INET6, addr[0].split("%")[0])
+                chain = b""
+                if exts:
+                    # Each header names the next; the last one names ESP/AH (a fragment header
+                    # in between is gone with the reassembly).
+                    last_type, last = exts[-1]
+                    exts[-1] = (last_type, bytes((proto,)) + last[1:])
+                    chain = b"".join(e for _, e in exts)
                 hdr = ipv6_header(
                     traffic_class=0,
                     flow_label=0,
-                    payload_length=len(data),
-                    next_header=proto,
+                    payload_length=len(chain) + len(data),
+                    next_header=exts[0][0] if exts else proto,
                     hop_limit=64,
                     src=src,
                     dst=dst,
                 )
-                on_ip(hdr + data)
+                on_ip(hdr + chain + data)
 
         return read
 

@@ -381,6 +381,8 @@ class Host:
             proto = d[9]
         elif version == 6 and n >= 40:
             proto = d[6]
+            if proto in _IPV6_OPTION_HEADERS:  # ESP/AH may follow them (RFC 4303 §3.1.1)
+                proto = _ipv6_upper_protocol(d)
         else:
             self._count("drops.malformed")
             return
@@ -1116,6 +1118,18 @@ def _simplify(ts: Sequence[TrafficSelector]) -> tuple[TrafficSelector, ...]:
 
 def _packed(address: str) -> bytes:
     return ipaddress.ip_address(address).packed
+
+
+_IPV6_OPTION_HEADERS = frozenset({0, 43, 60})
+"""Hop-by-hop options, routing, destination options (RFC 8200 §4)."""
+
+
+def _ipv6_upper_protocol(d: bytes) -> int:
+    """The Next Header after an IPv6 datagram's hop-by-hop/routing/destination options."""
+    nh, off, n = d[6], 40, len(d)
+    while nh in _IPV6_OPTION_HEADERS and off + 2 <= n:
+        nh, off = d[off], off + (d[off + 1] + 1) * 8
+    return nh
 
 
 def _spi_of(d: bytes, udp: bool) -> int:

@@ -25,8 +25,8 @@ On the ``local`` topology the nodes share one host and the reference node maps i
 the logical 500/4500 (``reference_impl.node.host.PortMap``): NAT-D hashes are computed with
 the logical ports there, as the PUT itself does.
 
-Certificates come from :func:`suite_pki`: a root CA, an intermediate, RSA 2048 and ECDSA P-256
-end entities for both nodes, one issued by the intermediate, an expired one, a self-signed one
+Certificates come from :func:`suite_pki`: a root CA and an intermediate (P-256), RSA 2048 and
+ECDSA P-256 end entities for both nodes, one issued by the intermediate, an expired one, a self-signed one
 and one whose subjectAltName names another identity.
 """
 
@@ -324,9 +324,9 @@ def make_pki(d: Path, put_addr: str, tester_addr: str) -> TestPki:
     d.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)
-    ca_key = _new_key("rsa")
+    ca_key = _new_key("ecdsa")  # P-256 CAs: quick to make; RSA 2048 only where a case needs it
     ca = _cert("ipsec-interop IKE suites CA", ca_key, None, ca_key, ca=True, start=start, end=end)
-    im_key = _new_key("rsa")
+    im_key = _new_key("ecdsa")
     im = _cert(
         "ipsec-interop IKE suites intermediate",
         im_key,
@@ -348,8 +348,9 @@ def make_pki(d: Path, put_addr: str, tester_addr: str) -> TestPki:
         issuer: tuple[x509.Certificate, Any] | None = (ca, ca_key),
         chain: tuple[x509.Certificate, ...] = (),
         expired: bool = False,
+        key: Any = None,
     ) -> None:
-        k = _new_key(kind)
+        k = key or _new_key(kind)
         s, e = (
             (now - datetime.timedelta(days=30), now - datetime.timedelta(days=1))
             if expired
@@ -376,10 +377,11 @@ def make_pki(d: Path, put_addr: str, tester_addr: str) -> TestPki:
     make("tester-rsa", "rsa", tester_addr)
     make("put-ecdsa", "ecdsa", put_addr)
     make("tester-ecdsa", "ecdsa", tester_addr)
-    make("put-chain", "rsa", put_addr, issuer=(im, im_key), chain=(im,))
-    make("tester-expired", "rsa", tester_addr, expired=True)
-    make("tester-selfsigned", "rsa", tester_addr, issuer=None)
-    make("tester-peer-example", "rsa", "peer.example")
+    put_key, tester_key = creds["put-rsa"].key, creds["tester-rsa"].key
+    make("put-chain", "rsa", put_addr, issuer=(im, im_key), chain=(im,), key=put_key)
+    make("tester-expired", "rsa", tester_addr, expired=True, key=tester_key)
+    make("tester-selfsigned", "rsa", tester_addr, issuer=None, key=tester_key)
+    make("tester-peer-example", "rsa", "peer.example", key=tester_key)
     return TestPki(ca, d / "ca.pem", im, d / "intermediate.pem", creds)
 
 

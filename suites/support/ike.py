@@ -26,8 +26,8 @@ the logical 500/4500 (``reference_impl.node.host.PortMap``): NAT-D hashes are co
 the logical ports there, as the PUT itself does.
 
 Certificates come from :func:`suite_pki`: a root CA and an intermediate (P-256), RSA 2048 and
-ECDSA P-256 end entities for both nodes, one issued by the intermediate, an expired one, a self-signed one
-and one whose subjectAltName names another identity.
+ECDSA P-256 end entities for both nodes, one issued by the intermediate, an expired one, a
+self-signed one and one whose subjectAltName names another identity.
 """
 
 from __future__ import annotations
@@ -305,10 +305,10 @@ def suite_pki(ctx: CaseContext) -> TestPki:
     """The PKI for this topology (made once per worker, in the topology's scratch directory).
 
     Credentials: ``put-rsa``/``tester-rsa`` (RSA 2048) and ``put-ecdsa``/``tester-ecdsa``
-    (P-256), identity = the node's address in subjectAltName; ``put-chain`` (RSA, issued by the
-    intermediate CA, sent with it); ``tester-expired`` (validity ended yesterday),
-    ``tester-selfsigned`` (not issued by the CA) and ``tester-peer-example`` (SAN
-    ``peer.example``), all for the tester.
+    (P-256), identity = the node's address in subjectAltName; ``put-chain`` (RSA, ``put-rsa``'s
+    key, issued by the intermediate CA, sent with it); ``tester-expired`` (validity ended
+    yesterday), ``tester-selfsigned`` (not issued by the CA) and ``tester-peer-example`` (SAN
+    ``peer.example``), all for the tester, each with a P-256 key of its own.
     """
     topo = ctx.topology
     put_addr, tester_addr = topo.node(PUT).addresses.v4, topo.node(TESTER).addresses.v4
@@ -377,11 +377,13 @@ def make_pki(d: Path, put_addr: str, tester_addr: str) -> TestPki:
     make("tester-rsa", "rsa", tester_addr)
     make("put-ecdsa", "ecdsa", put_addr)
     make("tester-ecdsa", "ecdsa", tester_addr)
-    put_key, tester_key = creds["put-rsa"].key, creds["tester-rsa"].key
-    make("put-chain", "rsa", put_addr, issuer=(im, im_key), chain=(im,), key=put_key)
-    make("tester-expired", "rsa", tester_addr, expired=True, key=tester_key)
-    make("tester-selfsigned", "rsa", tester_addr, issuer=None, key=tester_key)
-    make("tester-peer-example", "rsa", "peer.example", key=tester_key)
+    make("put-chain", "rsa", put_addr, issuer=(im, im_key), chain=(im,), key=creds["put-rsa"].key)
+    # Keys of their own (P-256: quick): a key some valid certificate already binds to the
+    # tester's identity would authenticate it whatever certificate comes with it (charon
+    # keeps the certificates it has seen).
+    make("tester-expired", "ecdsa", tester_addr, expired=True)
+    make("tester-selfsigned", "ecdsa", tester_addr, issuer=None)
+    make("tester-peer-example", "ecdsa", "peer.example")
     return TestPki(ca, d / "ca.pem", im, d / "intermediate.pem", creds)
 
 

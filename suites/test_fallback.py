@@ -204,8 +204,8 @@ def _swan_schedule(ctx: CaseContext, *, closure: str) -> None:
     """strongSwan's schedule against its configured one (trigger: ``initiate``, see FB-01)."""
     with SwanFb(ctx, closure=closure) as sw:
         t0 = time.time()
-        sw.initiate()  # returns when charon gives up
-        t_fail = time.time() - t0
+        assert not sw.initiate(), "established although R's UDP 500 is closed"
+        t_fail = time.time() - t0  # initiate returns when charon gives up
         run = sw.observe(0.0, t0=t0)
         ike = [(t, d) for t, p, d in run.ike if p == 500]
         evidence = (f"{run.summary()}\ninitiate returned (gave up) after {t_fail:.3f} s; "
@@ -349,7 +349,7 @@ def test_fb07_holddown(ctx: CaseContext) -> None:
     if ctx.peer_name == "strongswan":
         with SwanFb(ctx, closure="filtered") as sw:
             t0 = time.time()
-            sw.initiate()
+            assert not sw.initiate(), "established although R's UDP 500 is closed"
             t_fail = time.time() - t0
             sw.ping(count=5, interval=0.3)
             run = sw.observe(0.5, t0=t0)
@@ -881,11 +881,11 @@ def test_fb22_recovery_require(ctx: CaseContext) -> None:
     if ctx.peer_name == "strongswan":
         with SwanFb(ctx, closure="filtered") as sw:
             t0 = time.time()
-            sw.initiate()
+            assert not sw.initiate(), "established although R's UDP 500 is closed"
             sw.tester_node.open_udp()
             sw._closed = False
             sw.tester.configure(sw.sc)
-            sw.initiate()
+            assert sw.initiate(), "no SA once R's UDP 500 opened"
             sw.ping(count=3, interval=0.2)
             run = sw.observe(0.3, t0=t0)
             if ctx.recording:
@@ -1039,7 +1039,7 @@ def test_fb26_no_4500_retry(ctx: CaseContext) -> None:
         with SwanFb(ctx, closure="filtered") as sw:
             sw.tester_node.open_udp([4500])
             t0 = time.time()
-            sw.initiate()
+            assert not sw.initiate(), "established although R's UDP 500 is closed"
             run = sw.observe(0.0, t0=t0)
             if ctx.recording:
                 ctx.recording.attach_text("observed", run.summary())
@@ -1093,10 +1093,9 @@ def test_fb27_start_on_4500(ctx: CaseContext) -> None:
 
             assert isinstance(sw.tester, ReferencePeer)
             sw.tester.configure(sw.sc)
-            conn_port = sw._session().get_conns()  # noqa: F841
             _swan_remote_port(sw, 4500)
             t0 = time.time()
-            sw.initiate()
+            assert sw.initiate(), "no SA over R:4500"
             sw.ping(count=3, interval=0.2)
             run = sw.observe(0.3, t0=t0)
             if ctx.recording:
@@ -1118,7 +1117,8 @@ def _swan_remote_port(sw: SwanFb, port: int) -> None:
     local, remote = sw.sc.local("put"), sw.sc.remote("put")
     s.load_conn({sw.sc.name: {
         "version": "2", "local_addrs": [local.address], "remote_addrs": [remote.address],
-        "remote_port": str(port), "proposals": ["aes256-sha256-prfsha256-modp2048"],
+        "local_port": str(port), "remote_port": str(port),
+        "proposals": ["aes256-sha256-prfsha256-modp2048"],
         "keyingtries": "1", "unique": "never",
         "local": {"auth": "psk", "id": local.identity},
         "remote": {"auth": "psk", "id": remote.identity},

@@ -519,7 +519,7 @@ class CaptureObserver(Observer):
         deadline = time.monotonic() + 15.0
         while time.monotonic() < deadline:
             tag = self._sentinel()
-            if poll(lambda tag=tag: any(p.payload[8:] == tag for p in self._echoes()), 0.3):  # type: ignore[misc]
+            if poll(lambda tag=tag: any(_tagged(p, tag) for p in self._echoes()), 0.3):  # type: ignore[misc]
                 self._done = len(self.frames())
                 return
         raise AssertionError("the capture never showed a sentinel (harness)")
@@ -554,7 +554,7 @@ class CaptureObserver(Observer):
             frames = self.frames()
             for _, f in frames[self._done :]:
                 ip = Ip4.parse(f)
-                if ip is not None and ip.icmp == (8, 0) and ip.payload[8:] == tag:
+                if ip is not None and ip.icmp == (8, 0) and _tagged(ip, tag):
                     return frames
             return None
 
@@ -587,13 +587,25 @@ class CaptureObserver(Observer):
                                     ip.sport))  # fmt: skip
         elif ip.proto == 50:
             self.packets.append(PacketSeen(t, ip, True))
-        elif ip.icmp == (8, 0) and ip.payload[8:].startswith(SENTINEL):
+        elif ip.icmp == (8, 0) and SENTINEL[:6] in ip.payload:
             return
         else:
             self.packets.append(PacketSeen(t, ip, False))
 
     def esp_count(self) -> int:
         return sum(1 for p in self.packets if p.protected)
+
+
+def _is_ike(ip: Ip4) -> bool:
+    """UDP to 500, or to 4500 with the non-ESP marker (RFC 3948 §2.2)."""
+    return ip.dport == 500 or (ip.dport == 4500 and ip.payload[:4] == b"\0\0\0\0")
+
+
+def _tagged(ip: Ip4, tag: bytes) -> bool:
+    """An echo request carrying ``tag``: as its data (ours), or as ``ping -p`` repeats it
+    after its 8-octet timestamp (at most 16 octets of pattern)."""
+    data = ip.payload[8:]
+    return data == tag or tag[:16] in data
 
 
 def _pcap_frames(path: Path) -> Iterator[tuple[float, bytes]]:
@@ -1058,7 +1070,7 @@ class SwanFb:
             self._trap()
             self._log_start = self._log_size()
             self.observer = CaptureObserver(
-                self.topo, self.put_node, self.i_addr, [self.r_addr, self.dst], None,
+                self.topo, self.put_node, self.i_addr, [self.r_addr, self.dst], self._ping_r,
                 f"fb-{self.ctx.info.id}-swan-{int(time.time() * 1000) % 100000}",
             )  # fmt: skip
         return self
@@ -1080,6 +1092,16 @@ class SwanFb:
 
     def _session(self) -> Any:
         return self.put.session  # type: ignore[attr-defined]
+
+    def _ping_r(self, packet: bytes) -> None:
+        """The capture sentinel from I's kernel: an echo to R's outer address (it leaves by
+        eth0, not the tunnel) carrying the sentinel's tag as its pattern."""
+        ip = Ip4.parse(packet)
+        assert ip is not None
+        tag = ip.payload[8:]
+        argv = ["ping", "-n", "-q", "-c", "1", "-W", "1", "-s", "64",
+                "-p", tag[:16].hex(), self.r_addr]  # fmt: skip
+        self.put_node.exec(argv, timeout=10)
 
     def _trap(self) -> None:
         """Reload the scenario's connection with ``start_action = trap`` (its child only)."""
@@ -1136,13 +1158,18 @@ class SwanFb:
             argv[5:5] = ["-i", str(interval)]
         self.put_node.exec(argv, timeout=count * interval + 10)
 
-    def initiate(self) -> None:
-        """Start the IKE attempt explicitly (what the ACQUIRE would have done)."""
+    def initiate(self, timeout: float = 30.0) -> bool:
+        """Start the IKE attempt explicitly (what the ACQUIRE would have done) and wait until
+        it is established (True) or charon gave up (False)."""
         s = self._session()
-        req = {"child": self.sc.child_name, "ike": self.sc.name, "timeout": "-1",
-               "init-limits": "no"}  # fmt: skip
-        for _ in s.initiate(req):
-            pass
+        req = {"child": self.sc.child_name, "ike": self.sc.name,
+               "timeout": str(int(timeout * 1000)), "init-limits": "no"}  # fmt: skip
+        try:
+            for _ in s.initiate(req):
+                pass
+        except Exception:
+            return False
+        return True
 
     def observe(self, seconds: float, *, t0: float) -> SwanRun:
         """Wait ``seconds`` (real time: charon has no virtual clock) and read what happened."""
@@ -1152,7 +1179,7 @@ class SwanFb:
             time.sleep(min(0.2, max(0.0, deadline - time.time())))  # the observation window
         self.observer.sync(0.0)
         ike = [(ts - t0, ip.dport, ip.payload) for ts, ip in self.observer.wire
-               if ip.proto == 17 and ip.dport in (500, 4500)]  # fmt: skip
+               if ip.proto == 17 and _is_ike(ip)]  # fmt: skip
         clear = [(ts - t0, ip) for ts, ip in self.observer.wire
                  if ip.dst == self.dst and ip.proto in (1, 6, 17)]  # fmt: skip
         esp = self.observer.esp_count()

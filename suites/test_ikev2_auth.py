@@ -26,10 +26,12 @@ from suites.support.ike import (
     IKE_AUTH,
     INFORMATIONAL,
     Auth,
+    HarnessSa,
     Initiator,
     N,
     Reply,
     Responder,
+    check_auth,
     first,
     grade,
     hash_ids,
@@ -94,6 +96,8 @@ class Outcome:
         """The PUT's IKE_AUTH message as sent (its request or its response)."""
         self.init_hashes: list[int] | None = None
         self.payloads: list[str] = []
+        self.sa: HarnessSa | None = None
+        """The harness's end of the IKE SA (keys, octets), for further checks."""
 
     def describe(self) -> str:
         return (
@@ -115,10 +119,12 @@ def exchange(
     certreq: bool = False,
     child: bool = True,
     extra: Any = None,
+    keep: bool = False,
 ) -> Outcome:
     """One IKE SA between the PUT (in the case's role) and the harness authenticating with
     ``auth``; the PUT's AUTH is checked with the scenario's PSK or ``put_key``. ``extra``:
-    called with the PUT after it is configured (peer-specific additions)."""
+    called with the PUT after it is configured (peer-specific additions); ``keep``: keep the
+    harness's end of the IKE SA in the outcome."""
     out = Outcome()
     psk = psk_of(sc) if sc.auth == "psk" else None
     if ctx.put_initiates:
@@ -128,6 +134,8 @@ def exchange(
         with put_responds(ctx, sc, extra=extra) as ini:
             _as_initiator(ctx, ini, auth, out, psk, put_key, hashes, certreq, child)
     note(ctx, "outcome", out.describe())
+    if not keep:
+        out.sa = None
     return out
 
 
@@ -146,6 +154,7 @@ def _as_initiator(
         r = ini.init(hashes=hashes)
     assert r.get(v2p.SaPayload) is not None, f"IKE_SA_INIT failed: {r.describe()}"
     out.init_hashes = ini.peer_hashes
+    out.sa = ini.sa
     with ctx.step("IKE_AUTH"):
         a = ini.auth(auth, certreq=certreq, child=child)
     assert a.answered, "no answer to IKE_AUTH"
@@ -179,7 +188,7 @@ def _as_responder(
     h = notify(rx.message().payloads, N.SIGNATURE_HASH_ALGORITHMS)
     out.init_hashes = hash_ids(h.data) if h else None
     with ctx.step("IKE_SA_INIT answered"):
-        resp.accept(rx, hashes=hashes, certreq=certreq)
+        out.sa = resp.accept(rx, hashes=hashes, certreq=certreq)
     got = resp.auth_request()
     assert got is not None, "the PUT sent no IKE_AUTH"
     arx, req = got
@@ -235,9 +244,20 @@ def test_auth_002_long_psk(ctx: CaseContext) -> None:
     alphabet = string.ascii_letters + string.digits
     psk = "".join(alphabet[(i * 37 + 11) % len(alphabet)] for i in range(64))
     sc = ctx.scenario(psk=psk)
-    out = exchange(ctx, sc, Auth(psk=psk.encode()))
+    out = exchange(ctx, sc, Auth(psk=psk.encode()), keep=True)
     _assert_put_auth(out)
     assert out.accepted, "the PUT did not accept the harness's AUTH over the 64-octet PSK"
+    # the same AUTH over the PSK with a NUL terminator must not verify (it is not what was used)
+    assert out.sa is not None and out.put_id is not None and out.put_auth is not None
+    nul, _ = check_auth(
+        out.sa,
+        out.put_id,
+        out.put_auth,
+        initiator_signs=ctx.put_initiates,
+        psk=psk.encode() + b"\0",
+    )
+    note(ctx, "nul-variant", f"PUT's AUTH verifies with the PSK + NUL: {nul}")
+    assert not nul, "the PUT's AUTH verifies with a NUL-terminated PSK"
 
 
 # --- IKEV2-AUTH-003: wrong PSK ---

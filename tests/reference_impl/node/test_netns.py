@@ -115,12 +115,16 @@ def test_tunnel_ping_and_tcp_only_esp_on_the_wire(
         for p in pkts
         if UDP in p and p[UDP].dport == 4500 and bytes(p[UDP].payload)[:4] != b"\0\0\0\0"
     ]
+    # (tcpdump under load may miss packets: the node's own counters prove the volume.)
     if encap:
-        assert not esp and len(udp_esp) > 1000
+        # UDP GSO: a run of equal-sized ESP datagrams leaves as one buffer (the capture on
+        # the veth sees it whole, the receiving socket gets it as UDP GRO).
+        assert not esp and sum(len(bytes(p[UDP].payload)) for p in udp_esp) > 200_000
     else:
-        assert not udp_esp and len(esp) > 1000
+        assert not udp_esp and len(esp) > 100
     (sa,) = a.list_sas()
     assert sa.children[0].encap is encap
+    assert sa.children[0].packets_out > 1400  # 2 MB in segments of at most 1360 octets
     # The SA dump's keys decrypt what was captured (the oracle's use of them).
     keys = a.keys().child[0]
     assert keys.outbound()[0] == sa.children[0].spi_out

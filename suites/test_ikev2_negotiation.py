@@ -31,6 +31,7 @@ from suites.support.ike import (
     Reply,
     choose,
     describe_proposal,
+    esp_from_put,
     first,
     grade,
     key_length_attr,
@@ -1002,7 +1003,12 @@ def test_neg_021_initiator_floats(ctx: CaseContext) -> None:
         note(ctx, "put-sas", repr(sas))
         children = [c for x in sas for c in x.children]
         assert children, "no Child SA on the PUT"
-        assert all(c.encap for c in children), "the Child SA is not UDP-encapsulated"
+        with ctx.step("traffic from the PUT on the Child SA"):
+            how = esp_from_put(ctx, sc, resp.wire, resp.child_spi)
+        note(ctx, "esp", f"the PUT's ESP (SPI {resp.child_spi.hex()}): {how}")
+        assert how is not None, "no ESP from the PUT on the new Child SA"
+        assert how.startswith("ESP in UDP"), f"the PUT's ESP is {how}"
+        assert all(c.encap for c in children), "the PUT lists its Child SA without encapsulation"
 
 
 # --- IKEV2-NEG-022 ---
@@ -1063,4 +1069,9 @@ def test_neg_023_responder_nat(ctx: CaseContext) -> None:
         note(ctx, "put-sas", repr(sas))
         children = [c for x in sas for c in x.children]
         assert children, "no Child SA on the PUT"
-        assert all(c.encap for c in children), "the Child SA is not UDP-encapsulated"
+        with ctx.step("traffic from the PUT on the Child SA"):
+            how = esp_from_put(ctx, sc, ini.wire, ini.child_spi)
+        note(ctx, "esp", f"the PUT's ESP (SPI {ini.child_spi.hex()}): {how}")
+        assert how is not None, "no ESP from the PUT on the new Child SA"
+        assert how.startswith("ESP in UDP"), f"the PUT's ESP is {how}"
+        assert all(c.encap for c in children), "the PUT lists its Child SA without encapsulation"

@@ -1376,6 +1376,8 @@ class Responder:
         self.peer_hashes: list[int] | None = None
         self.natt = False
         self.requests: list[Rx] = []
+        self.child_spi = b""
+        """The SPI of our inbound Child SA (the PUT's outbound one), from :meth:`answer_auth`."""
 
     @property
     def harness_sa(self) -> HarnessSa:
@@ -1516,8 +1518,9 @@ class Responder:
         tsi, tsr = first(request, v2p.TsI), first(request, v2p.TsR)
         if child and sa_p is not None and tsi is not None and tsr is not None:
             p = choose(sa_p.proposals[0])
+            self.child_spi = os.urandom(4)
             payloads += [
-                v2p.SaPayload([v2p.Proposal(p.num, p.protocol_id, os.urandom(4), p.transforms)]),
+                v2p.SaPayload([v2p.Proposal(p.num, p.protocol_id, self.child_spi, p.transforms)]),
                 tsi,
                 tsr,
             ]
@@ -1739,6 +1742,61 @@ def flush_half_open(ctx: CaseContext) -> None:
         client.advance(_FLUSH_ADVANCE)
         if mode == "real":
             client.clock("real")
+
+
+# --- ESP the PUT sends (RFC 3948) ---
+
+
+def _inner(subnets: Sequence[str]) -> str:
+    return str(ipaddress.ip_network(subnets[0], strict=False).network_address)
+
+
+def put_sends_traffic(ctx: CaseContext, sc: Scenario) -> None:
+    """An ICMP echo request from the PUT's protected address to the tester's, which the PUT
+    protects with the scenario's Child SA: injected into a reference node (its control API),
+    ``ping`` in the PUT's node otherwise."""
+    from harness.probes.craft import icmp_echo
+
+    src, dst = _inner(sc.local(PUT).subnets), _inner(sc.local(TESTER).subnets)
+    put = ctx.put
+    if put.kind == "reference":
+        put.client.inject([icmp_echo(src, dst, ident=0x4E47)])  # type: ignore[attr-defined]
+    else:
+        ctx.topology.node(PUT).exec(["ping", "-c", "1", "-W", "1", "-I", src, dst], timeout=5)
+
+
+def esp_from_put(
+    ctx: CaseContext, sc: Scenario, wire: Wire, spi: bytes, timeout: float = 3.0
+) -> str | None:
+    """Make the PUT send on its Child SA with outbound SPI ``spi`` and say how the ESP arrived
+    ("ESP in UDP to port N", "raw ESP"), or ``None``. Seen on the harness's socket (where the
+    PUT sends after IKE moved there) or by the tester node's received-datagram log."""
+    client = getattr(ctx.tester, "client", None)
+    if client is not None:
+        client.record_received(True)
+    try:
+        put_sends_traffic(ctx, sc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rx = wire.recv(lambda r: not r.marker and r.data[:4] == spi, 0.1)
+            if rx is not None:
+                wire.log(f"   (ESP SPI {spi.hex()} in UDP from {rx.src} to port {rx.port})")
+                return f"ESP in UDP from {rx.src[0]}:{rx.src[1]} to the harness's port {rx.port}"
+            for r in client.received() if client is not None else []:
+                if r.udp is not None and r.data[:4] == spi:
+                    port = node_logical_port(wire.tester_node, r.udp[3])
+                    wire.log(f"   (ESP SPI {spi.hex()} in UDP to the tester's port {port})")
+                    return f"ESP in UDP from {r.udp[0]}:{r.udp[1]} to the tester's port {port}"
+                if r.udp is None and len(r.data) >= 28 and r.data[9] == 50:
+                    hl = (r.data[0] & 0x0F) * 4
+                    if r.data[hl : hl + 4] == spi:
+                        return "raw ESP (IP protocol 50), not UDP-encapsulated"
+            put_sends_traffic(ctx, sc)
+        return None
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.record_received(False)
 
 
 # --- cookies (RFC 7296 §2.6) ---

@@ -596,6 +596,17 @@ class CaptureObserver(Observer):
         return sum(1 for p in self.packets if p.protected)
 
 
+def ping_sentinel(node: Node, dst: str, packet: bytes) -> None:
+    """A capture sentinel from a node's kernel (a peer with no injection API): ``ping`` to
+    ``dst``'s outer address (it leaves by eth0, not a tunnel), the sentinel's tag as its
+    pattern."""
+    ip = Ip4.parse(packet)
+    assert ip is not None
+    tag = ip.payload[8:]
+    argv = ["ping", "-n", "-q", "-c", "1", "-W", "1", "-s", "64", "-p", tag[:16].hex(), dst]
+    node.exec(argv, timeout=10)
+
+
 def _is_ike(ip: Ip4) -> bool:
     """UDP to 500, or to 4500 with the non-ESP marker (RFC 3948 §2.2)."""
     return ip.dport == 500 or (ip.dport == 4500 and ip.payload[:4] == b"\0\0\0\0")
@@ -1094,14 +1105,7 @@ class SwanFb:
         return self.put.session  # type: ignore[attr-defined]
 
     def _ping_r(self, packet: bytes) -> None:
-        """The capture sentinel from I's kernel: an echo to R's outer address (it leaves by
-        eth0, not the tunnel) carrying the sentinel's tag as its pattern."""
-        ip = Ip4.parse(packet)
-        assert ip is not None
-        tag = ip.payload[8:]
-        argv = ["ping", "-n", "-q", "-c", "1", "-W", "1", "-s", "64",
-                "-p", tag[:16].hex(), self.r_addr]  # fmt: skip
-        self.put_node.exec(argv, timeout=10)
+        ping_sentinel(self.put_node, self.r_addr, packet)
 
     def _trap(self) -> None:
         """Reload the scenario's connection with ``start_action = trap`` (its child only)."""
@@ -1365,7 +1369,13 @@ def _nat_strongswan(ctx: CaseContext, topo: Topology) -> None:
                              psk_ref=sc.name)  # fmt: skip
         r_peer.client.load_policy(text=r_text)
         r_node.close_udp((4500,), how="drop")
-        obs = CaptureObserver(topo, r_node, nat_addr, [r_node.addresses.v4], None, "fb28-swan")
+        r_addr = r_node.addresses.v4
+
+        def sentinel(packet: bytes) -> None:
+            ping_sentinel(i_node, r_addr, packet)
+
+        obs = CaptureObserver(topo, r_node, nat_addr, [r_addr], sentinel, "fb28-swan",
+                              i_source=i_node.addresses.v4)  # fmt: skip
         try:
             t0 = time.time()
             with contextlib.suppress(Exception):

@@ -205,6 +205,9 @@ class PolicyAgent:
         self._by_acquire: dict[int, Machine] = {}
         self._by_out_spi: dict[int, Machine] = {}
         self._by_in_spi: dict[int, Machine] = {}
+        self._rekeyed_pairs: dict[int, ChildSaPair] = {}
+        """Pairs made by rekeys, by outbound SPI: after a simultaneous rekey (RFC 7296
+        §2.8.1) the machine keeps the survivor when the redundant pair it last bound goes."""
         self._by_initiator_spi: dict[bytes, Machine] = {}
         self._flows: dict[tuple[int, ...], Flow] = {}
         self._flow_capacity = flow_capacity
@@ -521,6 +524,7 @@ class PolicyAgent:
             mach = self._by_out_spi.get(event.old_outbound_spi)
             if mach is not None and mach.alive:
                 mach.pair = event.pair
+                self._rekeyed_pairs[event.pair.outbound.spi] = event.pair
                 self._by_out_spi[event.pair.outbound.spi] = mach
                 self._by_in_spi[event.pair.inbound.spi] = mach
                 self.audit.record(
@@ -748,10 +752,17 @@ class PolicyAgent:
     def _child_sa_deleted(self, ev: ChildSaDeleted, now: float) -> None:
         mach = self._by_out_spi.pop(ev.outbound_spi, None)
         self._by_in_spi.pop(ev.inbound_spi, None)
+        self._rekeyed_pairs.pop(ev.outbound_spi, None)
         self._drop_dynamic(ev.outbound_spi)
         if mach is None or not mach.alive:
             return
         if mach.pair is not None and mach.pair.outbound.spi == ev.outbound_spi:
+            other = [
+                p for spi, p in self._rekeyed_pairs.items() if self._by_out_spi.get(spi) is mach
+            ]
+            if other:  # a redundant pair of a simultaneous rekey: the survivor carries on
+                mach.pair = other[-1]
+                return
             self._sa_lost(mach, now, ev.reason)
 
     def _sa_lost(self, mach: Machine, now: float, reason: str) -> None:

@@ -28,15 +28,30 @@ pytestmark = [
 LIVE_FILES = ["tests/harness/peers/test_strongswan_live.py"]
 
 
+def _log_tails(folder: Path, lines: int = 25) -> str:
+    """The ends of the daemons' logs the child kept, for a failure message."""
+    parts = []
+    for log in sorted(folder.rglob("*.log")):
+        if log.name.startswith(("charon", "pluto", "node")) and log.stat().st_size:
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {log.relative_to(folder)}\n" + "\n".join(text))
+    return "\n".join(parts[-6:])
+
+
 @pytest.mark.parametrize("path", LIVE_FILES)
-def test_live_peer_file_passes_on_docker(path: str, built_images: dict[str, str]) -> None:
+def test_live_peer_file_passes_on_docker(
+    path: str, built_images: dict[str, str], tmp_path: Path
+) -> None:
     if not (ROOT / path).is_file():
         pytest.skip(f"{path} is not in this tree")
     # Rebuild (cached) an image the working tree made stale meanwhile (people editing it).
     env = dict(os.environ, IPSEC_INTEROP_TOPOLOGY="docker", IPSEC_INTEROP_DOCKER_BUILD="1")
     env.pop("PYTEST_XDIST_WORKER", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs", path],
+        [
+            *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs"),
+            *("--basetemp", str(tmp_path / "live"), path),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -44,5 +59,7 @@ def test_live_peer_file_passes_on_docker(path: str, built_images: dict[str, str]
         timeout=1400,
     )
     tail = "\n".join(proc.stdout.splitlines()[-40:])
-    assert proc.returncode == 0, f"{path} on docker:\n{tail}\n{proc.stderr[-2000:]}"
+    assert proc.returncode == 0, (
+        f"{path} on docker:\n{tail}\n{proc.stderr[-2000:]}\n{_log_tails(tmp_path / 'live')}"
+    )
     assert " passed" in tail

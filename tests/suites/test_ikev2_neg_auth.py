@@ -94,6 +94,15 @@ def run(
     return {(r["case"], r["role"]): r["verdict"] for r in data["results"]}
 
 
+STRONGSWAN = {
+    ("IKEV2-NEG-005", "R"): ("fail", "strongswan-ignores-unknown-transform-attributes"),
+    ("IKEV2-NEG-020", "I"): ("fail", "strongswan-libipsec-fakes-nat"),
+    ("IKEV2-NEG-020", "R"): ("fail", "strongswan-libipsec-fakes-nat"),
+    ("IKEV2-AUTH-016", "R"): ("recorded", "strongswan-unique-never"),
+}
+"""strongSwan's verdicts other than pass, with their KNOWN_PEER_BEHAVIOUR.md anchors."""
+
+
 def failing(verdicts: dict[tuple[str, str], str]) -> set[str]:
     return {case for (case, _), v in verdicts.items() if v in ("fail", "error", "warning")}
 
@@ -120,6 +129,57 @@ def test_wrong_natd_is_noticed_exactly(tmp_path: Path) -> None:
 def test_accept_any_auth_is_noticed_exactly(tmp_path: Path) -> None:
     verdicts = run(tmp_path, "--put-misbehave", "accept_any_auth", suites=("ikev2-auth",))
     assert failing(verdicts) == ACCEPT_ANY_AUTH, verdicts
+
+
+@pytest.mark.slow
+@pytest.mark.needs_root
+def test_strongswan_verdicts_on_netns(tmp_path: Path) -> None:
+    """strongSwan gets a verdict in every case; each one other than pass is the known one,
+    explained under its anchor in suites/KNOWN_PEER_BEHAVIOUR.md. (One peer per run: the lab
+    runs every peer under test on the same node.)"""
+    from harness.peers.strongswan import StrongSwanPeer
+
+    avail = StrongSwanPeer.availability()
+    if not avail.available:
+        pytest.skip(avail.detail)
+    reports = tmp_path / "reports"
+    argv = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "run",
+        "--topology",
+        "netns",
+        "--jobs",
+        "2",
+        "--peer",
+        "strongswan",
+        "--no-progress",
+        "--reports",
+        str(reports),
+    ]
+    for s in SUITES:
+        argv += ["--suite", s]
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    results = reports / "results.json"
+    assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    sw = {
+        (r["case"], r["role"]): (r["verdict"], r.get("known_behaviour"))
+        for r in json.loads(results.read_text())["results"]
+    }
+    assert len(sw) == 54, sorted(sw)
+    other = {k: v for k, v in sw.items() if v[0] != "pass"}
+    assert other == STRONGSWAN, other
+    known = (ROOT / "suites" / "KNOWN_PEER_BEHAVIOUR.md").read_text()
+    for _verdict, anchor in STRONGSWAN.values():
+        assert f'<a id="{anchor}"></a>' in known, anchor
 
 
 # --- the scripted peer's pieces ---------------------------------------------------------------

@@ -59,6 +59,7 @@ from suites.support.ike import (
     INFORMATIONAL,
     N,
     grade,
+    known,
     note,
     notify,
     recorded,
@@ -127,7 +128,7 @@ def _session(ctx: CaseContext, sc: Scenario) -> Iterator[Session]:
         with initiating(ctx, sc) as a:
             yield a.session
     else:
-        with responding(ctx, sc, child=sc.child) as o:
+        with responding(ctx, sc, child=sc.child, plane=sc.child) as o:
             yield o.session
 
 
@@ -347,6 +348,7 @@ def test_child_006_additional_ts_possible(ctx: CaseContext) -> None:
             if not ts_within(t, tsr) or not ts_within(t, [ts(put_net(ctx))]):
                 grade(ctx, Level.MUST, f"TSr {ts_text([t])} is wider than proposed or policy")
         both = all(covers_address(c.tsi, net_host(n, 1)) for n in nets)
+        known(ctx, {"strongswan": "child-disjoint-selectors-both"})
         if both:
             recorded(
                 ctx, "the PUT returned both disjoint subnets (no ADDITIONAL_TS_POSSIBLE needed)"
@@ -396,6 +398,7 @@ def test_child_007_port_encoding(ctx: CaseContext) -> None:
         if c2 is not None:
             lines.append(f"answered TSi {ts_text(c2.tsi)} TSr {ts_text(c2.tsr)}")
         note(ctx, "selectors", "\n".join(lines))
+        known(ctx, {"strongswan": "strongswan-icmp-selector-widened"})
         assert c2 is not None, f"ICMP selectors refused: {reply.describe()}"
         for got, offered, name in ((c2.tsi, icmp_i, "TSi"), (c2.tsr, icmp_r, "TSr")):
             for t in got:
@@ -653,7 +656,7 @@ def _check_new_keys(ctx: CaseContext, s: Session, new: HarnessChild) -> None:
 )
 def test_child_013_ike_rekey_dh_none(ctx: CaseContext) -> None:
     sc = _ike_only(ctx)
-    with responding(ctx, sc, child=sc.child) as o:
+    with responding(ctx, sc, child=sc.child, plane=sc.child) as o:
         s = o.session
         old = s.sa
         assert old.selected is not None
@@ -662,8 +665,8 @@ def test_child_013_ike_rekey_dh_none(ctx: CaseContext) -> None:
         if sel.integ_id:
             no_dh.append(v2p.Transform(3, sel.integ_id))
         no_dh.append(v2p.Transform(4, 0))
-        with ctx.step("rekey the IKE SA with D-H NONE (no KE)"):
-            reply, new = s.rekey_ike(no_dh, ke_group=0)
+        with ctx.step("rekey the IKE SA offering only D-H NONE (KEi of the SA's group)"):
+            reply, new = s.rekey_ike(no_dh, ke_group=sel.dh_id)
         note(ctx, "dh-none-answer", reply.describe())
         assert reply.answered, "no answer to the IKE SA rekey with D-H NONE"
         assert new is None and reply.get(v2p.SaPayload) is None, (
@@ -679,18 +682,38 @@ def test_child_013_ike_rekey_dh_none(ctx: CaseContext) -> None:
                 "refusal",
                 f"refused with {reply.describe()} (the catalogue expects NO_PROPOSAL_CHOSEN)",
             )
-        with ctx.step("rekey the IKE SA with its own group"):
-            reply2, new2 = s.rekey_ike()
-        note(ctx, "rekey-answer", reply2.describe())
-        assert new2 is not None, f"the IKE SA rekey with a group failed: {reply2.describe()}"
-        with ctx.step("the new IKE SA answers (Message ID 0), the old one is deleted"):
-            r = s.alive(sa=new2)
-            assert r.answered, "the rekeyed IKE SA does not answer"
-            assert r.datagram.message_id == 0, f"Message ID {r.datagram.message_id} on the new SA"
-            s.delete_ike(old)
-            s.forget(old)
-        if o.child is not None:
-            _ping(ctx, s, o.child, "the Child SA after the IKE SA rekey")
+        if reply.notify(N.INVALID_SYNTAX) is None:
+            _ike_rekey_works(ctx, s, o.child)
+            return
+        # RFC 7296 §2.21.3: INVALID_SYNTAX in answer to a request is fatal to the IKE SA in both
+        # peers; the second attempt needs a new one.
+        old.established = False
+    note(
+        ctx,
+        "second-attempt",
+        "INVALID_SYNTAX ends the IKE SA (RFC 7296 §2.21.3): the rekey "
+        "with a group is tried on a new IKE SA",
+    )
+    with responding(ctx, sc, child=sc.child, plane=sc.child) as o2:
+        _ike_rekey_works(ctx, o2.session, o2.child)
+
+
+def _ike_rekey_works(ctx: CaseContext, s: Session, child: HarnessChild | None) -> None:
+    """An IKE SA rekey with the SA's own group succeeds; the new SA answers with Message ID
+    0; the old one is deleted; the Child SA still works (RFC 7296 §1.3.2, §2.18)."""
+    old = s.sa
+    with ctx.step("rekey the IKE SA with its own group"):
+        reply, new = s.rekey_ike()
+    note(ctx, "rekey-answer", reply.describe())
+    assert new is not None, f"the IKE SA rekey with a group failed: {reply.describe()}"
+    with ctx.step("the new IKE SA answers (Message ID 0), the old one is deleted"):
+        r = s.alive(sa=new)
+        assert r.answered, "the rekeyed IKE SA does not answer"
+        assert r.datagram.message_id == 0, f"Message ID {r.datagram.message_id} on the new SA"
+        s.delete_ike(old)
+        s.forget(old)
+    if child is not None:
+        _ping(ctx, s, child, "the Child SA after the IKE SA rekey")
 
 
 @case(
@@ -703,7 +726,7 @@ def test_child_013_ike_rekey_dh_none(ctx: CaseContext) -> None:
     needs=IKE_ONLY,
 )
 def test_child_014_put_rekeys_ike(ctx: CaseContext) -> None:
-    require_trigger(ctx)
+    require_trigger(ctx, "rekey IKE")
     sc = _ike_only(ctx)
     with _session(ctx, sc) as s:
         old = s.sa
@@ -842,7 +865,7 @@ def _collect_deletes(s: Session, timeout: float, want: bytes) -> list[bytes]:
     needs=IKE_ONLY,
 )
 def test_child_016_simultaneous_ike_rekey(ctx: CaseContext) -> None:
-    require_trigger(ctx)
+    require_trigger(ctx, "rekey IKE")
     sc = _ike_only(ctx)
     high = b"\xff" * 32
     with _session(ctx, sc) as s:
@@ -879,6 +902,7 @@ def test_child_016_simultaneous_ike_rekey(ctx: CaseContext) -> None:
                 want_deleted = theirs
             gone = _collect_ike_deletes(s, 2.0, want_deleted)
         lines.append(f"the PUT deleted IKE SAs: {[g.spi_i.hex() for g in gone]}")
+        known(ctx, {"libreswan": "libreswan-simultaneous-ike-rekey"})
         note(ctx, "collision", "\n".join(lines))
         state = attach_put_state(ctx)
         if want_deleted not in gone:

@@ -55,6 +55,7 @@ _AH = struct.Struct(">BBHII")
 _U32 = struct.Struct(">I")
 _Q = struct.Struct(">Q")
 _M32 = 0xFFFFFFFF
+_ID = struct.Struct(">H")
 
 IMMUTABLE_IPV4_OPTIONS = frozenset({0, 1, 130, 133, 134, 148, 149})
 """Option types covered by the ICV as they are (RFC 4302 Appendix A.1): End of Options List,
@@ -211,7 +212,11 @@ class AhOutbound(OutboundSa):
             version = self._family
             auth, ah_len = _ah_lengths(self._icv_len, self._needs_iv, version)
             ah = _AH.pack(nh, ah_len // 4 - 2, 0, self.spi, seq & _M32) + bytes(ah_len - 12)
-            outer = self.tunnel_header(packet, ah_len + len(packet), IPPROTO_AH, seq)
+            # Never Identification 0: a Linux raw socket with IP_HDRINCL replaces an ID of 0
+            # on send, and AH covers the ID (RFC 4302 §3.3.3.1.1.1), so the ICV would fail.
+            outer = self.tunnel_header(
+                packet, ah_len + len(packet), IPPROTO_AH, (seq & 0xFFFF) or 1
+            )
             head = outer
             payload = packet
         else:
@@ -223,6 +228,10 @@ class AhOutbound(OutboundSa):
             )
             header = bytearray(packet[: info.payload_offset])
             header[info.proto_offset] = IPPROTO_AH
+            if version == 4 and header[4] == header[5] == 0:
+                # An atomic datagram may carry ID 0 (RFC 6864); the kernel would replace it on
+                # a raw send after we signed it, so give it a non-zero ID first.
+                header[4:6] = _ID.pack((seq & 0xFFFF) or 1)
             payload = packet[info.payload_offset : info.total_length]
             set_lengths(header, version, len(header) + ah_len + len(payload))
             head = bytes(header)

@@ -255,3 +255,24 @@ def test_ah_refuses_encryption_and_udp() -> None:
     p = params(SHA256, keys, encap=(4500, 4500))
     with pytest.raises(LocalProtocolError):
         Sad().install(p, inbound=False, now=0.0)
+
+
+def test_ipv4_identification_never_zero() -> None:
+    """A Linux raw socket (IP_HDRINCL) replaces Identification 0 on send, and AH covers the
+    ID (RFC 4302 §3.3.3.1.1.1): the driver must never sign a header with ID 0."""
+    _, _, sad, out, _ = _transport4()
+    pkt = bytearray(inner_packet(*V4_OUTER))
+    pkt[4:6] = b"\x00\x00"  # an atomic datagram with ID 0 (RFC 6864)
+    _, d = out.protect(_fix4(pkt), 0.0)
+    assert d[4:6] != b"\x00\x00"
+    verdict, inner, _ = sad.unprotect(d, 0.0)
+    assert verdict is Verdict.DELIVERED
+    assert inner[20:] == bytes(pkt[20:])
+
+    keys = keys_for(SHA256, random.Random(2))
+    tp = params(SHA256, keys, mode=Mode.TUNNEL, outer=V4_OUTER, inner=V4_INNER)
+    tsad, tout, _ = pair(tp)
+    tout.seq = 0xFFFF  # the next packet has sequence number 65536: low 16 bits zero
+    _, td = tout.protect(inner_packet(*V4_INNER), 0.0)
+    assert td[4:6] != b"\x00\x00"
+    assert tsad.unprotect(td, 0.0)[0] is Verdict.DELIVERED

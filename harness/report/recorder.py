@@ -348,9 +348,20 @@ class CaseRecording:
         """The requirement is met (also the verdict when the body ends without one)."""
         self._set(Verdict.PASS, reason)
 
-    def not_met(self, reason: str, details: str | None = None) -> None:
-        """The requirement is not met: fail, warning or recorded by level and ``--strict``."""
-        self._set(grade_unmet(self.meta.level, strict=self.recorder.run.strict), reason, details)
+    def not_met(
+        self, reason: str, details: str | None = None, *, level: Level | str | None = None
+    ) -> None:
+        """The requirement is not met: fail, warning or recorded by level and ``--strict``.
+
+        ``level`` grades one part of a case by its own level (a row of the catalogue that
+        mixes a MUST and a SHOULD, "MUST / SHOULD"); by default the case's level.
+        """
+        graded = Level(level) if level is not None else self.meta.level
+        self._set(grade_unmet(graded, strict=self.recorder.run.strict), reason, details)
+
+    def warning(self, reason: str, details: str | None = None) -> None:
+        """A SHOULD that is not met: a warning, or a failure under ``--strict``."""
+        self.not_met(reason, details, level=Level.SHOULD)
 
     def failed(self, reason: str, details: str | None = None) -> None:
         """A failure whatever the level (use :meth:`not_met` to grade by level)."""

@@ -28,7 +28,11 @@ class RfcRef:
         if not self.section:
             return base
         if self.section[0].isalpha():
-            return f"{base}#appendix-{self.section}"
+            # "A2.2" and "A.2.2" are both written; the anchor is "appendix-A.2.2".
+            section = self.section
+            if len(section) > 1 and section[1].isdigit():
+                section = f"{section[0]}.{section[1:]}"
+            return f"{base}#appendix-{section}"
         return f"{base}#section-{self.section}"
 
     @property

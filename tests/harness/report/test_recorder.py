@@ -201,3 +201,27 @@ def test_synthetic_run_covers_every_verdict(tmp_path: Path) -> None:
     run = build_run(tmp_path)
     assert {r.verdict for r in run.results} == set(Verdict)
     assert run.cases["ESP-005"].level is Level.MUST
+
+
+@pytest.mark.parametrize(("strict", "verdict"), [(False, "warning"), (True, "fail")])
+def test_a_should_part_of_a_must_case(tmp_path: Path, strict: bool, verdict: str) -> None:
+    """A "MUST / SHOULD" row: its SHOULD part is graded as a SHOULD (warning, or fail
+    with --strict), its MUST part still fails."""
+    rec = _recorder(tmp_path, strict=strict)
+    case = info("X-010", "esp", "4303 §2.4", "MUST", "R", "padding")
+    with rec.case(case, "strongswan", "R") as cr:
+        cr.warning("wrong padding values accepted")
+    with rec.case(case, "strongswan", "I") as cr:
+        cr.not_met("pad length ignored", level=Level.MAY)
+    run = _one(rec)
+    got = {r.role.value: r.verdict.value for r in run.results}
+    assert got == {"R": verdict, "I": "recorded"}
+
+
+def test_appendix_sections_link_to_their_anchor() -> None:
+    from harness.report.rfc import RfcRef
+
+    assert RfcRef("4303", "A2.2").url.endswith("#appendix-A.2.2")
+    assert RfcRef("4303", "A.2.2").url.endswith("#appendix-A.2.2")
+    assert RfcRef("4302", "A").url.endswith("#appendix-A")
+    assert RfcRef("4303", "3.4.3").url.endswith("#section-3.4.3")

@@ -222,15 +222,47 @@ class CaseContext:
         self.put.capabilities().require((), scenario)
         return scenario
 
-    def establish(self, scenario: Scenario, timeout: float = 30.0) -> None:
-        """Configure both ends and let the side the role names initiate."""
+    def establish(self, scenario: Scenario, timeout: float = 30.0, *, fresh: bool = True) -> None:
+        """Configure both ends and let the side the role names initiate.
+
+        ``fresh``: first delete any IKE SA left by an earlier case, so this case negotiates
+        its own. The run's ``--put-misbehave`` switches are applied again after configuring
+        (a configuration change that restarts the reference node would lose them).
+        """
         put, tester = self.put, self.tester
+        if fresh:
+            self.clear_sas()
         with self.step("configure both peers"):
             put.configure(scenario)
             tester.configure(scenario)
+        self.apply_misbehaviours()
         initiator = put if self.put_initiates else tester
         with self.step(f"{initiator.kind} initiates"):
             initiator.initiate(timeout=timeout)
+
+    def apply_misbehaviours(self) -> None:
+        """Switch the run's ``--put-misbehave`` misbehaviours on in a reference PUT."""
+        put = self.put
+        if put.kind == "reference":
+            for name, value in self.lab.options.misbehaviour_values():
+                put.impair(name, value)  # type: ignore[attr-defined]
+
+    def clear_sas(self, timeout: float = 5.0) -> None:
+        """No IKE SA left at either end (each case negotiates its own)."""
+        from harness.peers.base import PeerError, wait_for_sa
+
+        tester, put = self.tester, self.put
+        try:
+            if tester.list_sas():
+                tester.terminate(timeout=timeout)
+        except PeerError:
+            pass
+        try:
+            if any(sa.established for sa in put.list_sas()) and put.scenario is not None:
+                put.terminate(timeout=timeout)
+            wait_for_sa(put, lambda sas: not sas, timeout, "no IKE SA left")
+        except PeerError:
+            pass
 
     # -- recording ----------------------------------------------------------------------------
 

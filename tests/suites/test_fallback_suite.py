@@ -87,6 +87,30 @@ def test_leak_while_negotiating_is_noticed_exactly(tmp_path: Path) -> None:
     assert failing(verdicts) == LEAK
 
 
+@pytest.mark.slow
+@pytest.mark.needs_root
+def test_strongswan_default_schedule_gives_up_after_165_s(tmp_path: Path) -> None:
+    """Policy-spec §5.3: charon with its default timers (4.0 / 1.8 / 5) sends at 0, 4, 11.2,
+    24.16, 47.49, 89.48 and gives up at 165.06 s (FB-03 with DEFAULT_TIMERS_ENV)."""
+    from harness.peers.strongswan import StrongSwanPeer
+    from suites.support.fallback import DEFAULT_TIMERS_ENV
+
+    avail = StrongSwanPeer.availability()
+    if not avail.available:
+        pytest.skip(avail.detail)
+    reports = tmp_path / "reports"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--case", "FB-03", "--peer", "strongswan",
+         "--topology", "netns", "--no-progress", "--reports", str(reports)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "COLUMNS": "160", DEFAULT_TIMERS_ENV: "1"},
+    )  # fmt: skip
+    data = json.loads((reports / "results.json").read_text())
+    (result,) = data["results"]
+    assert result["verdict"] == "pass", (result["reason"], proc.stdout[-2000:])
+    assert result["duration"] > 160, result["duration"]
+
+
 # --- the support module -------------------------------------------------------------------------
 
 

@@ -25,11 +25,13 @@ from suites.support.ike import (
     NATT_PORT,
     ZERO_SPI,
     Auth,
+    CookieLoad,
     Initiator,
     N,
     RawSa,
     Reply,
     choose,
+    cookie_thresholds,
     describe_proposal,
     esp_from_put,
     first,
@@ -45,6 +47,7 @@ from suites.support.ike import (
     raw_proposal,
     raw_transform,
     transform,
+    ts_of,
     wait_put,
 )
 
@@ -542,8 +545,6 @@ def test_neg_011_dh_none(ctx: CaseContext) -> None:
         esp = sc.esp_proposals[0]
         ts = [transform(n) for n in (*esp.encr, *esp.integ)]
         ts += [v2p.Transform(4, 0), v2p.Transform(5, 0)]
-        from suites.support.ike import ts_of
-
         me, put = sc.local("tester"), sc.remote("tester")
         with ctx.step("CREATE_CHILD_SA with D-H NONE and no KE"):
             c = ini.request(
@@ -569,17 +570,9 @@ def test_neg_011_dh_none(ctx: CaseContext) -> None:
 
 # --- cookies: IKEV2-NEG-012, -014, -015 ---
 
-COOKIE_DEFAULTS = {
-    "strongswan": {"cookie_threshold": 30, "cookie_threshold_ip": 3, "block_threshold": 5}
-}
-"""charon's default DoS thresholds (strongswan.conf(5), 5.9.8); the adapter raises them to
-10000 for the rest of the run."""
-
 
 def _cookie_mode(ctx: CaseContext, ini: Initiator, limit: int = 16) -> tuple[Reply | None, int]:
     """Open half-open IKE SAs until the PUT answers with a COOKIE; returns (reply, count)."""
-    from suites.support.ike import CookieLoad
-
     return CookieLoad(ctx, ini).until_cookie(limit)
 
 
@@ -593,8 +586,6 @@ def _cookie_mode(ctx: CaseContext, ini: Initiator, limit: int = 16) -> tuple[Rep
     needs=NEEDS,
 )
 def test_neg_012_cookie_under_load(ctx: CaseContext) -> None:
-    from suites.support.ike import cookie_thresholds
-
     sc = ctx.scenario(ike_proposals=(proposal("AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519"),))
     with cookie_thresholds(ctx), put_responds(ctx, sc) as ini:
         reply, n = _cookie_mode(ctx, ini)
@@ -631,8 +622,6 @@ def test_neg_012_cookie_under_load(ctx: CaseContext) -> None:
     needs=NEEDS,
 )
 def test_neg_014_wrong_cookie(ctx: CaseContext) -> None:
-    from suites.support.ike import cookie_thresholds
-
     sc = ctx.scenario(ike_proposals=(proposal("AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519"),))
     with cookie_thresholds(ctx), put_responds(ctx, sc) as ini:
         reply, n = _cookie_mode(ctx, ini)
@@ -672,8 +661,6 @@ def test_neg_014_wrong_cookie(ctx: CaseContext) -> None:
     needs=NEEDS,
 )
 def test_neg_015_valid_cookie(ctx: CaseContext) -> None:
-    from suites.support.ike import cookie_thresholds
-
     sc = ctx.scenario(ike_proposals=(proposal("AES_GCM_16_128/PRF_HMAC_SHA2_256/CURVE_25519"),))
     with cookie_thresholds(ctx), put_responds(ctx, sc) as ini:
         reply, n = _cookie_mode(ctx, ini)

@@ -119,10 +119,9 @@ def note(ctx: CaseContext, name: str, text: str) -> None:
 
 
 def recorded(ctx: CaseContext, finding: str) -> None:
+    """An observation that is neither pass nor fail (a MAY, a "record" case)."""
     if ctx.recording is not None:
         ctx.recording.recorded(finding)
-    else:  # outside a recording (unit tests): an observation is not an error
-        pass
 
 
 def known(ctx: CaseContext, anchors: dict[str, str]) -> None:
@@ -1558,11 +1557,6 @@ class Responder:
 # --- the PUT's side ---
 
 
-def put_ike_sas(ctx: CaseContext) -> list[Any]:
-    """The PUT's IKE SAs (any state)."""
-    return ctx.put.list_sas()
-
-
 def wait_put(ctx: CaseContext, pred: Callable[[list[Any]], bool], timeout: float) -> list[Any]:
     """Poll the PUT's SA list until ``pred`` holds (or the timeout); returns the last list."""
     deadline = time.monotonic() + timeout
@@ -1844,11 +1838,6 @@ class CookieLoad:
                     raise AssertionError(f"IKE_SA_INIT refused under load: {reply.describe()}")
                 n += 1
         return None, n
-
-
-def base_scenario(ctx: CaseContext, **kw: Any) -> Scenario:
-    """A scenario between the PUT and the tester (addresses as identities)."""
-    return ctx.scenario(**kw)
 
 
 def proposal(text: str) -> Proposal:

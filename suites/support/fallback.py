@@ -736,6 +736,7 @@ class RefFb:
             self.put.configure(self.sc)
             self.tester.configure(self.sc)
             reapply_misbehaviours(self.ctx)
+            reset_tester(self.tester)
             _quiet(self.put.client.terminate)
             _quiet(self.tester.client.terminate)
             self.tester_policy(None)
@@ -983,6 +984,14 @@ def icmp_unlimited(node: Node, on: bool = True) -> None:
     node.exec(["sysctl", "-q", "-w", f"net.ipv4.icmp_ratelimit={0 if on else 1000}"])
 
 
+def reset_tester(tester: Any) -> None:
+    """R as a well-behaved node on the real clock, whatever an earlier case left switched on."""
+    for name in tester.client.misbehaviours().get("active", {}):
+        tester.client.misbehave(name, False)
+    if tester.client.clock().get("mode") != "real":
+        tester.client.clock("real")
+
+
 def reapply_misbehaviours(ctx: CaseContext) -> None:
     """The run's ``--put-misbehave`` switches, again: the lab sets them once when it starts the
     peer, and a ``configure`` that restarts the node (new addresses or ports) loses them."""
@@ -1067,6 +1076,7 @@ class SwanFb:
             self.put.configure(self.sc)
             self.tester.configure(self.sc)
             assert isinstance(self.tester, ReferencePeer)
+            reset_tester(self.tester)
             if self.closure != "open":  # R IPsec-unaware; "open": R keeps the scenario
                 self.tester.client.load_policy(text=policy_yaml("fb-clean", [], None))
             if self.closure == "silent":

@@ -1715,7 +1715,8 @@ def put_responds(
             ini.close()
         finally:
             note(ctx, "ike-transcript", ini.transcript())
-            flush_half_open(ctx)
+            if ini.half_open:
+                flush_half_open(ctx)
 
 
 _FLUSH_ADVANCE = 31.0

@@ -126,9 +126,12 @@ class TunPlane(DataPlane):
                 f"net.ipv6.conf.{self.name}.disable_ipv6=0",
             ):
                 subprocess.run(["sysctl", "-qw", sysctl], capture_output=True, timeout=10)
+            rule = ("not", "fwmark", hex(mark), "lookup", str(table), "pref", str(priority))
             for family in ("-4", "-6"):
-                run_ip(family, "rule", "add", "not", "fwmark", hex(mark), "lookup", str(table),
-                       "pref", str(priority))  # fmt: skip
+                # A node killed in this namespace (SIGKILL: no close()) left this very rule
+                # behind, and "ip rule add" of a duplicate fails: take it over.
+                run_ip(family, "rule", "del", *rule, check=False)
+                run_ip(family, "rule", "add", *rule)
                 self.rules.append(family)
             self.out4 = self._raw(socket.AF_INET, socket.IPPROTO_RAW)
             self.out6: socket.socket | None

@@ -38,7 +38,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from harness.peers.base import NotApplicable, Peer, PeerError, Scenario
@@ -1173,9 +1173,11 @@ class Ping:
 
 
 class DataPlane:
-    """ESP/AH between the harness and the PUT on the session's Child SAs (module docstring)."""
+    """ESP/AH between the harness and the PUT on the session's Child SAs (module docstring).
+    ``session`` is an IKEv2 :class:`Session` or an IKEv1 :class:`V1Session` (both carry
+    ``ctx``, ``sc``, ``wire``, ``children``, ``esp_rx`` and ``pump``)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Any) -> None:
         self.session = session
         session.plane = self
         ctx = session.ctx
@@ -1194,7 +1196,7 @@ class DataPlane:
         self.client.record_received(True)
         self.stack = self.put.kind == "reference" and getattr(self.put, "dataplane", "") == "api"
         if self.stack:
-            self.put.client.delivered()  # type: ignore[attr-defined]
+            self.put.client.delivered()
         self.ident = int.from_bytes(os.urandom(2), "big") | 0x100
         self.seq_icmp = 0
         self.frames: list[Frame] = []
@@ -1277,7 +1279,7 @@ class DataPlane:
 
     def inject_from_put(self, packets: Sequence[bytes]) -> None:
         """Hand packets to a reference PUT's local stack (api data plane)."""
-        self.put.client.inject(list(packets), direction="out")  # type: ignore[attr-defined]
+        self.put.client.inject(list(packets), direction="out")
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -1297,7 +1299,7 @@ class DataPlane:
             else:
                 self._open(r.time, r.data, False)
         if self.stack:
-            for d in self.put.client.delivered():  # type: ignore[attr-defined]
+            for d in self.put.client.delivered():
                 if d.protected:
                     self.delivered.append((d.spi, d.packet))
 
@@ -1558,6 +1560,23 @@ def require_trigger(ctx: CaseContext, what: str = "rekey") -> None:
         )
 
 
+def put_delete_child(ctx: CaseContext, put_inbound_spi: bytes) -> None:
+    """The operator deletes one Child SA on the PUT (it sends the Delete itself)."""
+    put = ctx.put
+    spi = int.from_bytes(put_inbound_spi, "big")
+    if put.kind == "reference":
+        put.client.delete_child(spi)  # type: ignore[attr-defined]
+    elif put.kind == "strongswan":
+        uid = next((c.unique_id for c in put_children(ctx) if c.spi_in == spi), None)
+        if uid is None:
+            raise PeerError(f"strongSwan lists no Child SA with inbound SPI {spi:08x}")
+        session = put.session  # type: ignore[attr-defined]
+        for _ in session.terminate({"child-id": uid, "timeout": "-1"}):
+            pass
+    else:
+        raise NotApplicable([f"{put.kind}: the harness cannot delete one of its Child SAs"])
+
+
 def put_children(ctx: CaseContext) -> list[Any]:
     """The PUT's Child SAs as it lists them."""
     return [c for sa in ctx.put.list_sas() for c in sa.children]
@@ -1598,6 +1617,1016 @@ def attach_put_state(ctx: CaseContext, name: str = "put-sas") -> str:
     return text
 
 
+# --- IKEv1 (RFC 2408, RFC 2409, RFC 3706, RFC 3947) ---------------------------------------------
+
+V1_MM = 2
+"""Identity Protection (Main Mode) exchange type (RFC 2408 §4.5)."""
+V1_AM = 4
+V1_INFO = 5
+V1_QM = 32
+V1_E = 0x01
+"""The Encryption flag (RFC 2408 §3.1)."""
+
+
+@dataclass
+class V1Rx:
+    """One IKEv1 message from the PUT: the datagram and, for encrypted ones, what it held."""
+
+    rx: Rx
+    header: Any
+    payloads: tuple[Any, ...] = ()
+    label: str = ""
+
+    @property
+    def exchange(self) -> int:
+        return int(self.header.exchange_type)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.header.flags & V1_E)
+
+    def find(self, cls: type[Any]) -> Any:
+        return next((p for p in self.payloads if isinstance(p, cls)), None)
+
+    def find_all(self, cls: type[Any]) -> list[Any]:
+        return [p for p in self.payloads if isinstance(p, cls)]
+
+    def names(self) -> str:
+        return " ".join(type(p).__name__.removesuffix("Payload") for p in self.payloads)
+
+    def header_text(self) -> str:
+        h = self.header
+        return (
+            f"{self.label or _v1name(h.exchange_type)}: version {h.version >> 4}.{h.version & 15} "
+            f"CKY-I {h.icookie.hex()} CKY-R {h.rcookie.hex()} flags {h.flags:#04x} "
+            f"M-ID {h.message_id:#010x} [{self.names()}]"
+        )
+
+
+def _v1name(x: int) -> str:
+    return {2: "Main Mode", 4: "Aggressive", 5: "Informational", 32: "Quick Mode"}.get(x, str(x))
+
+
+def v1_transform(
+    *,
+    encr_id: int = 7,
+    key_bits: int | None = 256,
+    hash_id: int = 4,
+    auth: int = 1,
+    group: int = 14,
+    life: int | None = 28800,
+) -> Any:
+    """A phase-1 suite (RFC 2409 Appendix A numbers): AES-CBC-256, SHA2-256, PSK, group 14 by
+    default."""
+    from reference_impl.isakmp.proposals import Phase1Transform
+
+    return Phase1Transform(encr_id, key_bits, hash_id, auth, group, life)
+
+
+def v1_transforms_of(sc: Scenario, auth: int = 1) -> list[Any]:
+    """The scenario's IKE proposals as phase-1 suites (one per combination)."""
+    from reference_impl.crypto.ids import Ikev1HashId
+
+    hashes = {
+        "HMAC_SHA1_96": Ikev1HashId.SHA,
+        "HMAC_SHA2_256_128": Ikev1HashId.SHA2_256,
+        "HMAC_SHA2_384_192": Ikev1HashId.SHA2_384,
+        "HMAC_SHA2_512_256": Ikev1HashId.SHA2_512,
+        "HMAC_MD5_96": Ikev1HashId.MD5,
+    }
+    from harness.peers import algorithms
+
+    out = []
+    for p in sc.ike_proposals:
+        for e in p.encr:
+            a = algorithms.get(e)
+            enc = {12: 7, 3: 5}.get(a.iana)
+            if enc is None:
+                continue
+            for i in p.integ:
+                for g in p.groups:
+                    out.append(
+                        v1_transform(
+                            encr_id=enc,
+                            key_bits=a.key_bits if enc == 7 else None,
+                            hash_id=int(hashes[i]),
+                            auth=auth,
+                            group=algorithms.get(g).iana,
+                        )
+                    )
+    return out
+
+
+@dataclass
+class V1Quick:
+    """One Quick Mode exchange (RFC 2409 §5.5) as the harness saw it."""
+
+    msgid: int
+    initiator: bool
+    iv: bytes
+    ni: bytes = b""
+    nr: bytes = b""
+    messages: list[V1Rx] = field(default_factory=list)
+    child: HarnessChild | None = None
+    hash_ok: bool | None = None
+    """HASH(2) (we initiated) or HASH(1)/HASH(3) (the PUT did) verified."""
+    refused: Any = None
+    """The Notify the PUT answered with instead (an encrypted Informational)."""
+
+
+class V1Session:
+    """The harness's end of one ISAKMP SA with the PUT (module docstring), as initiator
+    (``wire``: a :class:`SocketWire`) or responder (a :class:`TapWire`, the PUT initiating).
+
+    The methods follow the exchanges message by message so that cases can change any of
+    them; every message of the PUT is kept (:attr:`messages`) with its decrypted payloads."""
+
+    def __init__(
+        self,
+        ctx: CaseContext,
+        scenario: Scenario,
+        wire: Wire,
+        *,
+        initiator: bool,
+        psk: bytes | None = None,
+        cred: Any = None,
+        peer_cert: Any = None,
+    ) -> None:
+        self.ctx = ctx
+        self.sc = scenario
+        self.wire = wire
+        self.initiator = initiator
+        self.psk = psk if psk is not None else scenario.psk.encode()
+        self.cred = cred
+        """``suites.support.ike.Cred`` for RSA signature authentication (RFC 2409 §5.1)."""
+        self.peer_cert = peer_cert
+        self.me = scenario.local(TESTER)
+        self.put = scenario.remote(TESTER)
+        self.icky = os.urandom(8) if initiator else b""
+        self.rcky = bytes(8) if initiator else os.urandom(8)
+        self.chosen: Any = None
+        self.prf: Any = None
+        self.cipher: Any = None
+        self.block = 16
+        self.iv = b""
+        self.last_p1 = b""
+        self.ni = self.nr = self.gxi = self.gxr = self.g_xy = b""
+        self.skeyid = self.skeyid_d = self.skeyid_a = self.skeyid_e = b""
+        self.sai_b = self.id_i_b = self.id_r_b = b""
+        self.kex: Any = None
+        self.peer_vids: list[bytes] = []
+        self.peer_natt = False
+        self.floated = False
+        """IKE moved to the NAT-T ports (RFC 3947 §4)."""
+        self.put_nat = False
+        self.our_nat = False
+        self.established = False
+        self.aggressive = False
+        self.messages: list[V1Rx] = []
+        self.quick: dict[int, V1Quick] = {}
+        self.children: list[HarnessChild] = []
+        self.esp_rx: list[Rx] = []
+        self.inbox: list[Rx] = []
+        self.cursor = len(wire.received)
+        self.plane: DataPlane | None = None
+        self.log: list[str] = []
+        self._n = 0
+
+    # -- transport ------------------------------------------------------------------------
+
+    @property
+    def cookies(self) -> bytes:
+        return self.icky + self.rcky
+
+    def _port(self) -> int:
+        """Our port as the PUT sees it (its NAT-D hash of us)."""
+        return self.wire.local_port
+
+    def send(self, data: bytes, *, what: str = "") -> None:
+        if what:
+            self.wire.log(f"   ({what})")
+        self.wire.send(data, port=NATT_PORT if self.floated else IKE_PORT, marker=self.floated)
+
+    def pump(self, timeout: float = 0.0) -> None:
+        self.wire.recv(lambda _rx: False, timeout)
+        new = self.wire.received[self.cursor :]
+        self.cursor = len(self.wire.received)
+        for rx in new:
+            d = rx.data
+            if len(d) >= 28 and d[17] >> 4 == 1 and (not self.icky or d[:8] == self.icky):
+                self.inbox.append(rx)
+            elif len(d) >= 8 and d[:4] != b"\0\0\0\0":
+                self.esp_rx.append(rx)
+
+    def next_message(
+        self,
+        pred: Callable[[V1Rx], bool] | None = None,
+        *,
+        exchange: int | None = None,
+        timeout: float = 3.0,
+        label: str = "",
+    ) -> V1Rx | None:
+        """The PUT's next message (header decoded, payloads if in clear), others kept."""
+        from reference_impl.isakmp.codec import decode_message as v1_decode
+
+        deadline = time.monotonic() + timeout
+        while True:
+            for rx in list(self.inbox):
+                try:
+                    m = v1_decode(rx.data)
+                except Exception as exc:
+                    self.inbox.remove(rx)
+                    self.wire.log(f"   (undecodable ISAKMP message: {exc})")
+                    continue
+                if exchange is not None and m.header.exchange_type != exchange:
+                    continue
+                if (
+                    self.rcky != bytes(8)
+                    and self.rcky
+                    and m.header.rcookie
+                    not in (
+                        self.rcky,
+                        bytes(8),
+                    )
+                ):
+                    continue
+                v = V1Rx(rx, m.header, m.payloads, label)
+                if pred is not None and not pred(v):
+                    continue
+                self.inbox.remove(rx)
+                self.messages.append(v)
+                return v
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.pump(min(left, 0.05))
+
+    # -- crypto ------------------------------------------------------------------------------
+
+    def _encrypt(self, iv: bytes, payloads: Sequence[Any]) -> bytes:
+        from reference_impl.isakmp.codec import encode_payloads
+
+        body = encode_payloads(list(payloads))
+        return bytes(self.cipher.encrypt(iv, body + bytes(-len(body) % self.block)))
+
+    def protected(
+        self, exchange: int, msgid: int, payloads: Sequence[Any], iv: bytes
+    ) -> tuple[bytes, bytes]:
+        """An encrypted message and the IV that follows it (RFC 2409 Appendix B)."""
+        from reference_impl.isakmp.codec import encode_raw, first_payload_type
+
+        ct = self._encrypt(iv, payloads)
+        data = encode_raw(
+            self.icky, self.rcky, first_payload_type(list(payloads)), exchange, V1_E, msgid, ct
+        )
+        return data, ct[-self.block :]
+
+    def open(self, v: V1Rx, iv: bytes) -> bytes:
+        """Decrypt ``v`` with ``iv`` (its payloads are filled in); returns the next IV."""
+        from reference_impl.isakmp.codec import decode_message as v1_decode
+        from reference_impl.isakmp.codec import decode_payloads
+
+        m = v1_decode(v.rx.data)
+        pt = self.cipher.decrypt(iv, m.ciphertext)
+        v.payloads = decode_payloads(m.header.next_payload, pt, padded=True)
+        return bytes(m.ciphertext[-self.block :])
+
+    def natd(self, address: str, port: int) -> bytes:
+        """RFC 3947 §3.2: HASH(CKY-I | CKY-R | IP | Port) with the negotiated hash."""
+        return bytes(
+            self.prf.hash(
+                self.icky
+                + self.rcky
+                + ipaddress.ip_address(address).packed
+                + struct.pack("!H", port)
+            )
+        )
+
+    def natd_payloads(self, *, forge: bool = False) -> list[Any]:
+        """NAT-D of the PUT's address and port first, then ours (RFC 3947 §3.2); ``forge``: a
+        wrong hash of ours (the PUT then sees us behind a NAT)."""
+        from reference_impl.isakmp.codec import NatDPayload
+
+        theirs = self.natd(self.put.address, IKE_PORT)
+        mine = self.natd(self.me.address, self._port())
+        if forge:
+            mine = bytes(b ^ 0xA5 for b in mine)
+        return [NatDPayload(theirs), NatDPayload(mine)]
+
+    def check_natd(self, natds: Sequence[Any]) -> None:
+        """The PUT's NAT-D: the first must be our address and port, the others its own."""
+        if len(natds) < 2:
+            return
+        self.our_nat = natds[0].hash != self.natd(self.me.address, self._port())
+        self.put_nat = all(n.hash != self.natd(self.put.address, IKE_PORT) for n in natds[1:])
+
+    def derive(self) -> None:
+        """SKEYID (PSK or signatures), SKEYID_d/a/e, Ka and the phase-1 IV (RFC 2409 §5,
+        Appendix B)."""
+        from reference_impl.crypto import kdf_ikev1 as kdf1
+
+        self.g_xy = self.kex.shared_secret(self.gxr if self.initiator else self.gxi)
+        p = prf(self.chosen.prf_id)
+        self.prf = p
+        if self.chosen.auth_method == 1:
+            self.skeyid = kdf1.ikev1_skeyid_psk(p, self.psk, self.ni, self.nr)
+        else:
+            self.skeyid = kdf1.ikev1_skeyid_sig(p, self.ni, self.nr, self.g_xy)
+        self.skeyid_d, self.skeyid_a, self.skeyid_e = kdf1.ikev1_skeyid_dae(
+            p, self.skeyid, self.g_xy, self.icky, self.rcky
+        )
+        alg = encr(self.chosen.encr_id, self.chosen.key_bits)
+        self.cipher = alg.prepare(kdf1.ikev1_encryption_key(p, self.skeyid_e, alg.key_len))
+        self.block = alg.block_size
+        self.iv = kdf1.ikev1_phase1_iv(p, self.gxi, self.gxr, alg.block_size)
+
+    def hash_i(self, psk: bytes | None = None) -> bytes:
+        from reference_impl.crypto import kdf_ikev1 as kdf1
+
+        skeyid = self.skeyid
+        if psk is not None:
+            skeyid = kdf1.ikev1_skeyid_psk(self.prf, psk, self.ni, self.nr)
+        return bytes(
+            kdf1.ikev1_hash_i(
+                self.prf, skeyid, self.gxi, self.gxr, self.icky, self.rcky, self.sai_b,
+                self.id_i_b,
+            )
+        )  # fmt: skip
+
+    def hash_r(self) -> bytes:
+        from reference_impl.crypto import kdf_ikev1 as kdf1
+
+        return bytes(
+            kdf1.ikev1_hash_r(
+                self.prf, self.skeyid, self.gxi, self.gxr, self.icky, self.rcky, self.sai_b,
+                self.id_r_b,
+            )
+        )  # fmt: skip
+
+    def my_id(self) -> Any:
+        from reference_impl.isakmp.identity import Identity
+
+        return Identity.parse(self.me.identity).to_payload()
+
+    def vids(self, *, natt: bool = True, dpd: bool = True) -> list[Any]:
+        from reference_impl.isakmp.codec import VendorIdPayload
+        from reference_impl.isakmp.constants import VendorId
+
+        out = []
+        if dpd:
+            out.append(VendorIdPayload(VendorId.DPD))
+        if natt:
+            out.append(VendorIdPayload(VendorId.NAT_T_RFC3947))
+        return out
+
+    def _read_vids(self, v: V1Rx) -> None:
+        from reference_impl.isakmp.codec import VendorIdPayload
+        from reference_impl.isakmp.constants import NAT_T_VENDOR_IDS
+
+        self.peer_vids += [p.data for p in v.payloads if isinstance(p, VendorIdPayload)]
+        self.peer_natt = any(x in NAT_T_VENDOR_IDS for x in self.peer_vids)
+
+    def _certreq(self) -> list[Any]:
+        """CR for X.509 signature certificates when we authenticate with one (RFC 2408 §3.10)."""
+        from reference_impl.isakmp.codec import CrPayload
+        from reference_impl.isakmp.constants import CertEncoding
+
+        return [CrPayload(CertEncoding.X509_SIGNATURE)] if self.cred is not None else []
+
+    def _auth(self, h: bytes) -> list[Any]:
+        """HASH_x (PSK) or CERT + SIG_x (RFC 2409 §5.1: the signature over HASH_x)."""
+        from reference_impl.isakmp import auth as authn
+        from reference_impl.isakmp.codec import CertPayload, HashPayload, SigPayload
+        from reference_impl.isakmp.constants import CertEncoding
+
+        if self.cred is None:
+            return [HashPayload(h)]
+        from cryptography.hazmat.primitives import serialization
+
+        der = self.cred.cert.public_bytes(serialization.Encoding.DER)
+        key = self.cred.key_path.read_bytes()
+        return [CertPayload(CertEncoding.X509_SIGNATURE, der), SigPayload(authn.rsa_sign(key, h))]
+
+    def verify_auth(self, payloads: Sequence[Any], expected: bytes) -> tuple[bool, str]:
+        """The PUT's HASH_x, or its SIG_x with the certificate it sent (RFC 2409 §5, §5.1)."""
+        from reference_impl.isakmp import auth as authn
+        from reference_impl.isakmp.codec import CertPayload, HashPayload, SigPayload
+
+        h = next((p for p in payloads if isinstance(p, HashPayload)), None)
+        sig = next((p for p in payloads if isinstance(p, SigPayload)), None)
+        if sig is None:
+            if h is None:
+                return False, "neither HASH nor SIG"
+            return h.data == expected, f"HASH {h.data.hex()} vs recomputed {expected.hex()}"
+        certs = [p.data for p in payloads if isinstance(p, CertPayload)]
+        if not certs and self.peer_cert is None:
+            return False, "SIG without a certificate"
+        from cryptography.hazmat.primitives import serialization
+
+        cert = certs[0] if certs else self.peer_cert.public_bytes(serialization.Encoding.DER)
+        ok = authn.rsa_verify(cert, expected, sig.data)
+        return ok, f"SIG ({len(sig.data)} octets) over {expected.hex()}: " + (
+            "verifies" if ok else "does NOT verify"
+        )
+
+    # -- Main Mode, initiator -------------------------------------------------------------------
+
+    def mm1(
+        self,
+        transforms: Sequence[Any] | None = None,
+        *,
+        raw: bytes | None = None,
+        vids: Sequence[Any] | None = None,
+        timeout: float = 3.0,
+    ) -> V1Rx | None:
+        """MM1: SA (one proposal, ``transforms``) and Vendor IDs; returns MM2 (or a Notify).
+        ``raw``: the whole datagram instead (malformed headers)."""
+        from reference_impl.isakmp.codec import encode_message
+        from reference_impl.isakmp.proposals import phase1_sa
+
+        if raw is not None:
+            self.wire.send(raw, port=IKE_PORT)
+            return self.next_message(timeout=timeout, label="answer")
+        sa = phase1_sa(list(transforms or v1_transforms_of(self.sc)))
+        self.offered = list(transforms or v1_transforms_of(self.sc))
+        self.sai_b = sa.encode_body()
+        payloads = [sa, *(self.vids() if vids is None else vids)]
+        self.send(encode_message(self.icky, bytes(8), V1_MM, 0, 0, payloads), what="MM1")
+        v = self.next_message(timeout=timeout, label="MM2")
+        if v is None:
+            return None
+        from reference_impl.isakmp.codec import SaPayload
+
+        sa_p = v.find(SaPayload)
+        if v.exchange == V1_MM and sa_p is not None:
+            from reference_impl.isakmp.proposals import Phase1Transform
+
+            self.rcky = v.header.rcookie
+            self.chosen = Phase1Transform.from_transform(sa_p.proposals[0].transforms[0])
+            self._read_vids(v)
+        return v
+
+    def mm3(
+        self, *, natd: bool = True, forge_natd: bool = False, timeout: float = 3.0
+    ) -> V1Rx | None:
+        """MM3: KE, Ni [NAT-D x2]; returns MM4 and derives the keys."""
+        from reference_impl.isakmp.codec import KePayload, NatDPayload, NoncePayload, encode_message
+
+        assert self.chosen is not None
+        self.prf = prf(self.chosen.prf_id)
+        self.kex = dh(self.chosen.group).generate()
+        self.gxi = self.kex.public_value
+        self.ni = os.urandom(32)
+        payloads: list[Any] = [KePayload(self.gxi), NoncePayload(self.ni), *self._certreq()]
+        if natd and self.peer_natt:
+            payloads += self.natd_payloads(forge=forge_natd)
+        if forge_natd:
+            self.our_nat = True  # the PUT sees us behind a NAT: act as if we were
+        self.send(encode_message(self.icky, self.rcky, V1_MM, 0, 0, payloads), what="MM3")
+        v = self.next_message(exchange=V1_MM, timeout=timeout, label="MM4")
+        if v is None:
+            return None
+        ke, nr = v.find(KePayload), v.find(NoncePayload)
+        if ke is None or nr is None:
+            return v
+        self.gxr, self.nr = ke.data, nr.data
+        self.check_natd(v.find_all(NatDPayload))
+        self.derive()
+        return v
+
+    def mm5(
+        self, *, psk: bytes | None = None, timeout: float = 3.0
+    ) -> tuple[V1Rx | None, bool, str]:
+        """MM5: IDii and HASH_I (``psk``: computed with another key) or CERT/SIG_I, encrypted;
+        floats to 4500 when a NAT was detected. Returns MM6, whether its HASH_R/SIG_R verified,
+        and what was checked."""
+        idp = self.my_id()
+        self.id_i_b = idp.encode_body()
+        h = self.hash_i(psk)
+        if self.peer_natt and (self.put_nat or self.our_nat):
+            self.floated = True
+        data, self.iv = self.protected(V1_MM, 0, [idp, *self._auth(h)], self.iv)
+        self.send(data, what="MM5 (encrypted)")
+        v = self.next_message(exchange=V1_MM, timeout=timeout, label="MM6")
+        if v is None or not v.encrypted:
+            return v, False, "no encrypted MM6"
+        iv_next = self.open(v, self.iv)
+        from reference_impl.isakmp.codec import IdPayload
+
+        idr = v.find(IdPayload)
+        if idr is None:
+            return v, False, f"MM6 without IDir: {v.names()}"
+        self.id_r_b = idr.body
+        ok, what = self.verify_auth(v.payloads, self.hash_r())
+        if ok:
+            self.iv = iv_next
+            self.last_p1 = iv_next
+            self.established = True
+        return v, ok, what
+
+    def main_mode(self, transforms: Sequence[Any] | None = None) -> None:
+        """A whole Main Mode as initiator; :class:`SetupFailed` unless it completes."""
+        v = self.mm1(transforms)
+        if v is None or self.chosen is None:
+            raise SetupFailed(f"no MM2: {v.names() if v else 'no answer'}")
+        if self.mm3() is None:
+            raise SetupFailed("no MM4")
+        _v6, ok, what = self.mm5()
+        if not ok:
+            raise SetupFailed(f"MM6 does not verify: {what}")
+
+    # -- Aggressive Mode, initiator ------------------------------------------------------------
+
+    def aggressive_mode(
+        self, transform: Any, *, timeout: float = 3.0
+    ) -> tuple[V1Rx | None, bool, str]:
+        """AM1 (SA with one suite, KE, Ni, IDii, VIDs) -> AM2 (HASH_R verified) -> AM3
+        (HASH_I [NAT-D], encrypted as strongSwan and libreswan do, RFC 2409 §5)."""
+        from reference_impl.isakmp.codec import (
+            IdPayload,
+            KePayload,
+            NatDPayload,
+            NoncePayload,
+            SaPayload,
+            encode_message,
+        )
+        from reference_impl.isakmp.proposals import Phase1Transform, phase1_sa
+
+        self.aggressive = True
+        sa = phase1_sa([transform])
+        self.sai_b = sa.encode_body()
+        self.kex = dh(transform.group).generate()
+        self.gxi = self.kex.public_value
+        self.ni = os.urandom(32)
+        idp = self.my_id()
+        self.id_i_b = idp.encode_body()
+        payloads = [sa, KePayload(self.gxi), NoncePayload(self.ni), idp, *self.vids()]
+        self.send(encode_message(self.icky, bytes(8), V1_AM, 0, 0, payloads), what="AM1")
+        v = self.next_message(timeout=timeout, label="AM2")
+        if v is None:
+            return None, False, "no AM2"
+        sa_p, ke, nr, idr = (
+            v.find(SaPayload),
+            v.find(KePayload),
+            v.find(NoncePayload),
+            v.find(IdPayload),
+        )
+        if v.exchange != V1_AM or sa_p is None or ke is None or nr is None or idr is None:
+            return v, False, f"AM2 incomplete: {v.names()}"
+        self.rcky = v.header.rcookie
+        self.chosen = Phase1Transform.from_transform(sa_p.proposals[0].transforms[0])
+        self._read_vids(v)
+        self.gxr, self.nr, self.id_r_b = ke.data, nr.data, idr.body
+        self.derive()
+        ok, what = self.verify_auth(v.payloads, self.hash_r())
+        if not ok:
+            return v, False, what
+        out: list[Any] = []
+        natds = v.find_all(NatDPayload)
+        if natds and self.peer_natt:
+            self.check_natd(natds)
+            out += self.natd_payloads()
+        out += self._auth(self.hash_i())
+        if self.put_nat or self.our_nat:
+            self.floated = True
+        data, self.iv = self.protected(V1_AM, 0, out, self.iv)
+        self.send(data, what="AM3 (encrypted)")
+        self.last_p1 = self.iv
+        self.established = True
+        return v, True, what
+
+    # -- Main Mode, responder -------------------------------------------------------------------
+
+    def answer_main_mode(
+        self,
+        mm1: V1Rx,
+        *,
+        forge_natd: bool = False,
+        timeout: float = 6.0,
+    ) -> tuple[bool, str]:
+        """Answer the PUT's Main Mode: MM2 (its first transform, attributes echoed), MM4 (KE,
+        Nr, NAT-D), then check HASH_I/SIG_I in MM5 and send MM6. Returns (MM5 verified, what
+        was checked)."""
+        from reference_impl.isakmp.codec import (
+            KePayload,
+            NatDPayload,
+            NoncePayload,
+            SaPayload,
+            encode_message,
+        )
+        from reference_impl.isakmp.proposals import Phase1Transform
+
+        self.icky = mm1.header.icookie
+        self._read_vids(mm1)
+        sa_p = mm1.find(SaPayload)
+        if sa_p is None:
+            raise SetupFailed(f"MM1 without SA: {mm1.names()}")
+        prop = sa_p.proposals[0]
+        t = prop.transforms[0]
+        self.chosen = Phase1Transform.from_transform(t)
+        self.sai_b = sa_p.body
+        reply = SaPayload((type(prop)(prop.number, prop.protocol_id, prop.spi, (t,)),))
+        self.send(
+            encode_message(self.icky, self.rcky, V1_MM, 0, 0, [reply, *self.vids()]), what="MM2"
+        )
+        mm3 = self.next_message(exchange=V1_MM, timeout=timeout, label="MM3")
+        if mm3 is None:
+            raise SetupFailed("the PUT sent no MM3")
+        ke, ni = mm3.find(KePayload), mm3.find(NoncePayload)
+        if ke is None or ni is None:
+            raise SetupFailed(f"MM3 incomplete: {mm3.names()}")
+        self.gxi, self.ni = ke.data, ni.data
+        self.kex = dh(self.chosen.group).generate()
+        self.gxr = self.kex.public_value
+        self.nr = os.urandom(32)
+        self.prf = prf(self.chosen.prf_id)
+        out: list[Any] = [KePayload(self.gxr), NoncePayload(self.nr), *self._certreq()]
+        natds = mm3.find_all(NatDPayload)
+        if natds and self.peer_natt:
+            self.check_natd(natds)
+            out += self.natd_payloads(forge=forge_natd)
+        self.send(encode_message(self.icky, self.rcky, V1_MM, 0, 0, out), what="MM4")
+        self.derive()
+        mm5 = self.next_message(exchange=V1_MM, timeout=timeout, label="MM5")
+        if mm5 is None:
+            raise SetupFailed("the PUT sent no MM5")
+        if mm5.rx.port == NATT_PORT:
+            self.floated = True
+        if not mm5.encrypted:
+            return False, f"MM5 not encrypted: {mm5.names()}"
+        self.iv = self.open(mm5, self.iv)
+        from reference_impl.isakmp.codec import IdPayload
+
+        idi = mm5.find(IdPayload)
+        if idi is None:
+            return False, f"MM5 without IDii: {mm5.names()}"
+        self.id_i_b = idi.body
+        ok, what = self.verify_auth(mm5.payloads, self.hash_i())
+        idp = self.my_id()
+        self.id_r_b = idp.encode_body()
+        data, self.iv = self.protected(V1_MM, 0, [idp, *self._auth(self.hash_r())], self.iv)
+        self.send(data, what="MM6 (encrypted)")
+        self.last_p1 = self.iv
+        self.established = ok
+        return ok, what
+
+    # -- Quick Mode ---------------------------------------------------------------------------
+
+    def _qm_iv(self, msgid: int) -> bytes:
+        from reference_impl.crypto import kdf_ikev1 as kdf1
+
+        return bytes(kdf1.ikev1_phase2_iv(self.prf, self.last_p1, msgid, self.block))
+
+    def _hash1(self, msgid: int, rest: bytes) -> bytes:
+        from reference_impl.crypto import kdf_ikev1 as kdf1
+
+        return bytes(kdf1.ikev1_qm_hash1(self.prf, self.skeyid_a, msgid, rest))
+
+    def quick_mode(
+        self,
+        transforms: Sequence[Any],
+        local: TrafficSelector,
+        remote: TrafficSelector,
+        *,
+        mode: Mode = Mode.TUNNEL,
+        pfs_group: int | None = None,
+        encap: bool | None = None,
+        nat_oa: bool = False,
+        msgid: int | None = None,
+        label: str | None = None,
+        timeout: float = 3.0,
+    ) -> V1Quick:
+        """QM1 (HASH(1) SA Ni [KE] IDci IDcr [NAT-OA]) -> QM2 (HASH(2) verified) -> QM3
+        (HASH(3)); the Child SA with KEYMAT = prf(SKEYID_d, [g(qm)^xy |] protocol | SPI | Ni_b
+        | Nr_b) for each direction (RFC 2409 §5.5)."""
+        from reference_impl.crypto import kdf_ikev1 as kdf1
+        from reference_impl.isakmp.codec import (
+            HashPayload,
+            KePayload,
+            NatOaPayload,
+            NoncePayload,
+            NotifyPayload,
+            SaPayload,
+            encode_payloads,
+        )
+        from reference_impl.isakmp.identity import id_from_selector
+        from reference_impl.isakmp.proposals import (
+            Phase2Offer,
+            parse_phase2_transform,
+            phase2_sa,
+        )
+
+        msgid = msgid if msgid is not None else int.from_bytes(os.urandom(4), "big") | 1
+        q = V1Quick(msgid, True, self._qm_iv(msgid))
+        self.quick[msgid] = q
+        q.ni = os.urandom(32)
+        spi = os.urandom(4)
+        udp = (self.put_nat or self.our_nat) if encap is None else encap
+        offer = Phase2Offer(mode, udp, False, pfs_group, 3600, None)
+        proto = transforms[0].protocol
+        rest: list[Any] = [phase2_sa(list(transforms), {proto: spi}, offer), NoncePayload(q.ni)]
+        kex = None
+        if pfs_group:
+            kex = dh(pfs_group).generate()
+            rest.append(KePayload(kex.public_value))
+        rest += [id_from_selector(local), id_from_selector(remote)]
+        if nat_oa:
+            rest += [
+                NatOaPayload(ipaddress.ip_address(self.me.address)),
+                NatOaPayload(ipaddress.ip_address(self.put.address)),
+            ]
+        h1 = self._hash1(msgid, encode_payloads(rest))
+        data, q.iv = self.protected(V1_QM, msgid, [HashPayload(h1), *rest], q.iv)
+        self.send(data, what=f"QM1 M-ID {msgid:#010x}")
+        info_iv = self._qm_iv  # Informational answers use their own M-ID's IV
+        v = self.next_message(
+            lambda m: m.header.message_id == msgid or m.exchange == V1_INFO,
+            timeout=timeout,
+            label="QM2",
+        )
+        if v is None:
+            return q
+        if v.exchange == V1_INFO:
+            v.label = "Informational"
+            if v.encrypted:
+                self.open(v, info_iv(v.header.message_id))
+            q.refused = next((p for p in v.payloads if isinstance(p, NotifyPayload)), None)
+            q.messages.append(v)
+            return q
+        q.messages.append(v)
+        q.iv = self.open(v, q.iv)
+        if not v.payloads or not isinstance(v.payloads[0], HashPayload):
+            q.hash_ok = False
+            return q
+        nr = v.find(NoncePayload)
+        q.nr = nr.data if nr else b""
+        rest2 = b"".join(p.raw for p in v.payloads[1:])
+        want = kdf1.ikev1_qm_hash2(self.prf, self.skeyid_a, msgid, q.ni, rest2)
+        q.hash_ok = want == v.payloads[0].data
+        sa_p = v.find(SaPayload)
+        if sa_p is None or not q.hash_ok:
+            return q
+        prop = sa_p.proposals[0]
+        choice = parse_phase2_transform(prop.protocol_id, prop.transforms[0])
+        g_qm = None
+        ke = v.find(KePayload)
+        if kex is not None and ke is not None:
+            g_qm = kex.shared_secret(ke.data)
+        h3 = kdf1.ikev1_qm_hash3(self.prf, self.skeyid_a, msgid, q.ni, q.nr)
+        data, q.iv = self.protected(V1_QM, msgid, [HashPayload(h3)], q.iv)
+        self.send(data, what=f"QM3 M-ID {msgid:#010x}")
+        q.child = self._v1_child(
+            label or self.new_label(), prop.protocol_id, choice, spi, prop.spi, q.ni, q.nr, g_qm,
+            local, remote,
+        )  # fmt: skip
+        return q
+
+    def answer_quick(self, qm1: V1Rx, *, timeout: float = 3.0) -> V1Quick:
+        """Answer the PUT's QM1 (HASH(1) checked): its first transform, our SPI, Nr, KE if it
+        sent one, its IDs; HASH(3) checked when it comes."""
+        from reference_impl.crypto import kdf_ikev1 as kdf1
+        from reference_impl.isakmp.codec import (
+            HashPayload,
+            IdPayload,
+            KePayload,
+            NoncePayload,
+            SaPayload,
+            encode_payloads,
+        )
+        from reference_impl.isakmp.identity import selector_from_id
+        from reference_impl.isakmp.proposals import parse_phase2_transform
+
+        msgid = qm1.header.message_id
+        q = V1Quick(msgid, False, self._qm_iv(msgid))
+        self.quick[msgid] = q
+        q.messages.append(qm1)
+        q.iv = self.open(qm1, q.iv)
+        rest1 = b"".join(p.raw for p in qm1.payloads[1:])
+        q.hash_ok = bool(qm1.payloads) and self._hash1(msgid, rest1) == qm1.payloads[0].data
+        sa_p, ni, ke = qm1.find(SaPayload), qm1.find(NoncePayload), qm1.find(KePayload)
+        ids = qm1.find_all(IdPayload)
+        if sa_p is None or ni is None:
+            raise SetupFailed(f"QM1 incomplete: {qm1.names()}")
+        q.ni = ni.data
+        prop = sa_p.proposals[0]
+        t = prop.transforms[0]
+        choice = parse_phase2_transform(prop.protocol_id, t)
+        spi = os.urandom(4)
+        q.nr = os.urandom(32)
+        reply_sa = SaPayload((type(prop)(prop.number, prop.protocol_id, spi, (t,)),))
+        rest: list[Any] = [reply_sa, NoncePayload(q.nr)]
+        g_qm = None
+        if ke is not None and choice.pfs_group:
+            kex = dh(choice.pfs_group).generate()
+            g_qm = kex.shared_secret(ke.data)
+            rest.append(KePayload(kex.public_value))
+        rest += list(ids)
+        h2 = kdf1.ikev1_qm_hash2(self.prf, self.skeyid_a, msgid, q.ni, encode_payloads(rest))
+        data, q.iv = self.protected(V1_QM, msgid, [HashPayload(h2), *rest], q.iv)
+        self.send(data, what=f"QM2 M-ID {msgid:#010x}")
+        if len(ids) >= 2:
+            remote, local = selector_from_id(ids[0]), selector_from_id(ids[1])
+        else:
+            remote, local = ts(f"{self.put.address}/32"), ts(f"{self.me.address}/32")
+        q.child = self._v1_child(
+            self.new_label("put-qm"), prop.protocol_id, choice, spi, prop.spi, q.ni, q.nr, g_qm,
+            local, remote,
+        )  # fmt: skip
+        v3 = self.next_message(lambda m: m.header.message_id == msgid, timeout=timeout, label="QM3")
+        if v3 is not None:
+            q.messages.append(v3)
+            self.open(v3, q.iv)
+            h3 = kdf1.ikev1_qm_hash3(self.prf, self.skeyid_a, msgid, q.ni, q.nr)
+            q.hash_ok = bool(q.hash_ok) and bool(v3.payloads) and v3.payloads[0].data == h3
+        return q
+
+    def new_label(self, what: str = "qm") -> str:
+        self._n += 1
+        return f"{what}{self._n}"
+
+    def _v1_child(
+        self,
+        label: str,
+        protocol: int,
+        choice: Any,
+        spi_in: bytes,
+        spi_out: bytes,
+        ni: bytes,
+        nr: bytes,
+        g_qm: bytes | None,
+        local: TrafficSelector,
+        remote: TrafficSelector,
+    ) -> HarnessChild:
+        from reference_impl.crypto import kdf_ikev1 as kdf1
+
+        t = choice.transform
+        elen, ilen = t.keymat_len()
+
+        def keymat(spi: bytes) -> bytes:
+            return bytes(
+                kdf1.ikev1_quick_keymat(
+                    self.prf, self.skeyid_d, protocol, spi, ni, nr, elen + ilen, g_qm
+                )
+            )
+
+        k_out, k_in = keymat(spi_out), keymat(spi_in)
+        sel = Selected(1, protocol, spi_out, t.encr_id or 0, t.key_bits, t.integ_id or 0, 0,
+                       choice.pfs_group or 0, t.esn)  # fmt: skip
+        child = HarnessChild(
+            label=label,
+            protocol=protocol,
+            sel=sel,
+            spi_in=spi_in,
+            spi_out=spi_out,
+            keys=ChildKeys(k_out[:elen], k_out[elen:], k_in[:elen], k_in[elen:]),
+            initiator=True,
+            mode=choice.mode,
+            tsi=[local],
+            tsr=[remote],
+            encap=choice.udp_encap,
+            nonces=(ni, nr),
+            pfs_group=choice.pfs_group or 0,
+        )
+        self.children.append(child)
+        self.log.append(child.describe())
+        if self.plane is not None:
+            self.plane.register(child)
+        return child
+
+    # -- Informational ------------------------------------------------------------------------
+
+    def info(self, payloads: Sequence[Any], *, msgid: int | None = None) -> int:
+        """A protected Informational: HASH(1) = prf(SKEYID_a, M-ID | N/D) (RFC 2409 §5.7)."""
+        from reference_impl.isakmp.codec import HashPayload, encode_payloads
+
+        msgid = msgid if msgid is not None else int.from_bytes(os.urandom(4), "big") | 1
+        h = self._hash1(msgid, encode_payloads(list(payloads)))
+        data, _ = self.protected(V1_INFO, msgid, [HashPayload(h), *payloads], self._qm_iv(msgid))
+        self.send(data, what=f"Informational M-ID {msgid:#010x}")
+        return msgid
+
+    def next_info(
+        self, pred: Callable[[V1Rx], bool] | None = None, *, timeout: float = 3.0
+    ) -> tuple[V1Rx | None, bool]:
+        """The PUT's next protected Informational (decrypted) and whether its HASH(1)
+        verified."""
+
+        def want(m: V1Rx) -> bool:
+            if m.exchange != V1_INFO or not m.encrypted:
+                return False
+            try:
+                self.open(m, self._qm_iv(m.header.message_id))
+            except Exception as exc:  # evidence: a protected message we cannot open
+                self.log.append(f"Informational {m.header.message_id:#x} does not open: {exc}")
+                return False
+            return pred is None or pred(m)
+
+        v = self.next_message(want, timeout=timeout, label="Informational")
+        if v is None:
+            return None, False
+        rest = b"".join(p.raw for p in v.payloads[1:])
+        ok = bool(v.payloads) and self._hash1(v.header.message_id, rest) == v.payloads[0].data
+        return v, ok
+
+    def delete_ike(self) -> None:
+        """A protected Delete of the ISAKMP SA (cleanup), best effort."""
+        from reference_impl.isakmp.codec import DeletePayload
+
+        if self.established:
+            with contextlib.suppress(Exception):
+                self.info([DeletePayload(1, (self.cookies,), 16)])
+            self.established = False
+
+    def evidence(self) -> str:
+        lines = [v.header_text() for v in self.messages]
+        return "\n".join(lines + self.log)
+
+
+@contextlib.contextmanager
+def v1_responding(
+    ctx: CaseContext,
+    scenario: Scenario,
+    *,
+    plane: bool = False,
+    cred: Any = None,
+    peer_cert: Any = None,
+    extra: Callable[[Peer], None] | None = None,
+) -> Iterator[V1Session]:
+    """The PUT configured with ``scenario`` (IKEv1) answers the harness's :class:`V1Session`
+    (initiator, a socket of its own on the tester's address)."""
+    from suites.support.ike import SocketWire, configure_put, require_scriptable
+
+    require_scriptable(ctx)
+    configure_put(ctx, scenario, extra=extra)
+    wire = SocketWire(ctx)
+    s = V1Session(ctx, scenario, wire, initiator=True, cred=cred, peer_cert=peer_cert)
+    dp = DataPlane(s) if plane else None
+    try:
+        yield s
+    finally:
+        try:
+            s.delete_ike()
+            if dp is not None:
+                dp.close()
+        finally:
+            wire.close()
+            note(ctx, "ike-transcript", "\n".join(wire.transcript))
+            note(ctx, "isakmp", s.evidence())
+            _flush_v1(ctx)
+
+
+def _flush_v1(ctx: CaseContext) -> None:
+    from suites.support.ike import flush_half_open
+
+    flush_half_open(ctx)
+
+
+@contextlib.contextmanager
+def v1_initiating(
+    ctx: CaseContext,
+    scenario: Scenario,
+    *,
+    plane: bool = False,
+    cred: Any = None,
+    peer_cert: Any = None,
+    extra: Callable[[Peer], None] | None = None,
+) -> Iterator[V1Session]:
+    """The PUT configured with ``scenario`` (IKEv1) initiates towards the silenced tester;
+    yields the harness's :class:`V1Session` (responder; nothing answered yet: take the PUT's
+    MM1/AM1 with :meth:`V1Session.next_message`)."""
+    from suites.support.ike import (
+        PutInitiation,
+        TapWire,
+        configure_put,
+        quiesce,
+        require_scriptable,
+    )
+
+    require_scriptable(ctx)
+    require_trigger(ctx, "initiate")
+    quiesce(ctx)
+    configure_put(ctx, scenario, extra=extra)
+    wire = TapWire(ctx)
+    s = V1Session(ctx, scenario, wire, initiator=False, cred=cred, peer_cert=peer_cert)
+    s.icky = b""
+    initiation = PutInitiation(ctx, scenario)
+    dp = DataPlane(s) if plane else None
+    try:
+        with ctx.step("the PUT initiates"):
+            initiation.start()
+        yield s
+    finally:
+        try:
+            s.delete_ike()
+            if dp is not None:
+                dp.close()
+            initiation.abort()
+        finally:
+            wire.close()
+            note(ctx, "ike-transcript", "\n".join(wire.transcript))
+            note(ctx, "isakmp", s.evidence())
+
+
 __all__ = [
     "TESTER_NET",
     "Accepted",
@@ -1609,6 +2638,7 @@ __all__ = [
     "Ping",
     "Session",
     "SetupFailed",
+    "V1Session",
     "attach_put_state",
     "child_scenario",
     "covers_address",
@@ -1619,6 +2649,7 @@ __all__ = [
     "initiating",
     "net_host",
     "put_children",
+    "put_delete_child",
     "put_inner",
     "put_net",
     "require_trigger",
@@ -1630,6 +2661,10 @@ __all__ = [
     "ts",
     "ts_text",
     "ts_within",
+    "v1_initiating",
+    "v1_responding",
+    "v1_transform",
+    "v1_transforms_of",
     "virtual_clock",
     "wait_for",
 ]

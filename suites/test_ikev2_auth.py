@@ -287,7 +287,10 @@ def _assert_auth_failed(ctx: CaseContext, ini: Initiator, a: Reply, what: str = 
     else and no SA (MUST: an SA with a failed authentication is never used)."""
     assert ini.sa is not None
     spi_i = ini.sa.spi_i
-    sas = wait_put(ctx, lambda s: not any(x.established for x in _sas_for(s, spi_i)), 1.0)
+    if a.get(v2p.AuthPayload) is not None:  # accepted: nothing to wait for
+        sas = ctx.put.list_sas()
+    else:
+        sas = wait_put(ctx, lambda s: not any(x.established for x in _sas_for(s, spi_i)), 1.0)
     note(ctx, f"answer{what}", f"{a.describe()}\nPUT SAs: {sas}")
     if a.get(v2p.AuthPayload) is not None or any(x.established for x in _sas_for(sas, spi_i)):
         grade(ctx, Level.MUST, f"the PUT accepted a failed authentication{what}")

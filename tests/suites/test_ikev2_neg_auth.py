@@ -109,7 +109,7 @@ def failing(verdicts: dict[tuple[str, str], str]) -> set[str]:
 
 @pytest.mark.slow
 def test_reference_passes_everything_on_local(tmp_path: Path) -> None:
-    verdicts = run(tmp_path, jobs=2)
+    verdicts = run(tmp_path)
     cases = {c for c, _ in verdicts}
     assert len([c for c in cases if c.startswith("IKEV2-NEG-")]) == NEG_CASES, sorted(cases)
     assert len([c for c in cases if c.startswith("IKEV2-AUTH-")]) == AUTH_CASES, sorted(cases)

@@ -70,6 +70,7 @@ CBC_PFS = Proposal.parse("AES_CBC_128/HMAC_SHA2_256_128/MODP_2048")
 ESP_CBC = Phase2Transform(IpsecProtocol.ESP, 12, 128, 5)
 """ESP AES-CBC-128 with HMAC-SHA2-256 (IPsec DOI transform 12, auth algorithm 5)."""
 N = NotifyType
+FLAGS_IGNORED = {p: "ikev1-reserved-flags-ignored" for p in ("strongswan", "libreswan")}
 
 
 def _scenario(ctx: CaseContext, **kw: Any) -> Scenario:
@@ -597,7 +598,7 @@ def test_ikev1_012_dpd_ack(ctx: CaseContext) -> None:
     level="MUST",
     roles="I",
     title="DPD sender: increasing sequence numbers, the peer declared dead after silence",
-    needs=(IKEV1, PSK, DPD),
+    needs=(IKEV1, PSK, DPD, CHILD_SA, ESP),
 )
 def test_ikev1_013_dpd_dead(ctx: CaseContext) -> None:
     reference = ctx.put.kind == "reference"
@@ -627,14 +628,24 @@ def test_ikev1_013_dpd_dead(ctx: CaseContext) -> None:
         note(
             ctx,
             "dpd",
-            f"R-U-THERE sequence numbers in order: {[hex(x) for x in seqs]}; "
-            f"ISAKMP SA cleared: {gone}",
+            "R-U-THERE sequence numbers in order (one per Message ID): "
+            f"{[hex(x) for x in seqs]}; ISAKMP SA cleared: {gone}",
         )
         assert len(seqs) >= 2, f"{len(seqs)} R-U-THERE before the PUT gave up"
-        assert all(b > a for a, b in itertools.pairwise(seqs)), (
+        # a retransmitted probe keeps its number; each new probe must take a higher one
+        steps = [(a, b) for a, b in itertools.pairwise(seqs) if b != a]
+        assert all(b > a for a, b in steps), (
             f"sequence numbers do not increase: {[hex(x) for x in seqs]}"
         )
         assert gone, "the PUT did not declare the peer dead"
+        if not steps:
+            known(ctx, {"strongswan": "strongswan-ikev1-dpd-retransmits"})
+            recorded(
+                ctx,
+                f"one R-U-THERE sequence number ({seqs[0]:#x}) sent {len(seqs)} times "
+                "(retransmissions under new Message IDs) before the peer was declared dead: no "
+                "second probe to check the increment on",
+            )
 
 
 # --- NAT-T (RFC 3947) ------------------------------------------------------------------------
@@ -820,6 +831,7 @@ def test_ikev1_017_header_errors(ctx: CaseContext) -> None:
             lines.append(f"{what}: {v.header_text()}")
             if v.find(v1.SaPayload) is not None:
                 note(ctx, "answers", "\n".join(lines))
+                known(ctx, FLAGS_IGNORED)
                 raise AssertionError(f"{what}: the PUT answered with an SA (MM2)")
             if n is not None and n.notify_type != ok_notify:
                 grade(ctx, Level.SHOULD, f"{what}: Notify {n.notify_type} (not {int(ok_notify)})")

@@ -1172,6 +1172,10 @@ class Ping:
         )
 
 
+RESEND_AFTER = 0.5
+"""Seconds after which :meth:`DataPlane.ping` sends unanswered echo requests once more."""
+
+
 class DataPlane:
     """ESP/AH between the harness and the PUT on the session's Child SAs (module docstring).
     ``session`` is an IKEv2 :class:`Session` or an IKEv1 :class:`V1Session` (both carry
@@ -1368,21 +1372,32 @@ class DataPlane:
         src = src or (self.tester_addr if transport else tester_inner(ctx))
         dst = dst or (self.put_addr if transport else put_inner(ctx))
         keys = []
+        packets: dict[tuple[int, int], bytes] = {}
         for _ in range(count):
             pkt, key = self.echo(src, dst)
             keys.append(key)
+            packets[key] = pkt
             self.send(child, pkt)
         start = len(self.frames)
-        deadline = time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = now + timeout
+        resend_at = now + RESEND_AFTER
         accepted: set[tuple[int, int]] = set()
         injected = False
         while True:
             self.collect()
+            if not self.stack and time.monotonic() >= resend_at:
+                # a kernel PUT may still be installing the SA (an IKEv1 Quick Mode responder
+                # installs it after QM3): the same echo requests once more, new sequence numbers
+                resend_at = deadline
+                for k in keys:
+                    if k not in accepted:
+                        self.send(child, packets[k])
             if self.stack:
                 for _spi, pkt in self.delivered:
-                    k = echo_key(pkt, request=True)
-                    if k in keys:
-                        accepted.add(k)
+                    got = echo_key(pkt, request=True)
+                    if got in keys:
+                        accepted.add(got)
                 if accepted == set(keys) and not injected:
                     injected = True
                     self.inject_from_put(
@@ -1390,9 +1405,9 @@ class DataPlane:
                     )
             else:
                 for f in self.frames[start:]:
-                    k = echo_key(f.inner, request=False) if f.ok else None
-                    if k in keys:
-                        accepted.add(k)
+                    got = echo_key(f.inner, request=False) if f.ok else None
+                    if got in keys:
+                        accepted.add(got)
             replies = [f for f in self.frames[start:] if _carries(f, keys)]
             done = accepted == set(keys) and (not self.stack or len(replies) >= len(keys))
             if (expect and done) or time.monotonic() >= deadline:
@@ -1549,6 +1564,7 @@ TRIGGERS = {
     "rekey": ("reference", "strongswan"),
     "rekey IKE": ("reference", "strongswan", "libreswan"),
     "initiate": ("reference", "strongswan"),
+    "initiate IKEv1": ("reference", "strongswan", "libreswan"),
 }
 """Peers the harness can make start something without waiting for the outcome."""
 
@@ -2581,6 +2597,24 @@ def _flush_v1(ctx: CaseContext) -> None:
     flush_half_open(ctx)
 
 
+class _WhackInitiation:
+    """libreswan starts a connection without waiting for it (``whack --initiate
+    --asynchronous``) and drops it afterwards (``--terminate``)."""
+
+    def __init__(self, ctx: CaseContext, scenario: Scenario) -> None:
+        self.put = ctx.put
+        self.name = scenario.name
+
+    def start(self) -> None:
+        r = self.put._whack("--name", self.name, "--initiate", "--asynchronous")  # type: ignore[attr-defined]
+        if not r.ok:
+            raise PeerError(f"libreswan: whack --initiate: {r.stdout or r.stderr}")
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.put._whack("--name", self.name, "--terminate")  # type: ignore[attr-defined]
+
+
 @contextlib.contextmanager
 def v1_initiating(
     ctx: CaseContext,
@@ -2603,13 +2637,17 @@ def v1_initiating(
     )
 
     require_scriptable(ctx)
-    require_trigger(ctx, "initiate")
+    require_trigger(ctx, "initiate IKEv1")
     quiesce(ctx)
     configure_put(ctx, scenario, extra=extra)
     wire = TapWire(ctx)
     s = V1Session(ctx, scenario, wire, initiator=False, cred=cred, peer_cert=peer_cert)
     s.icky = b""
-    initiation = PutInitiation(ctx, scenario)
+    initiation: Any = (
+        _WhackInitiation(ctx, scenario)
+        if ctx.put.kind == "libreswan"
+        else PutInitiation(ctx, scenario)
+    )
     dp = DataPlane(s) if plane else None
     try:
         with ctx.step("the PUT initiates"):

@@ -54,7 +54,7 @@ from cryptography.x509.oid import NameOID
 
 from harness.peers import algorithms
 from harness.peers.base import NotApplicable, Peer, PeerError, Proposal, Scenario
-from harness.report.model import EvidenceKind, Verdict, grade_unmet
+from harness.report.model import EvidenceKind
 from reference_impl.crypto import dh, encr, ikev2_ike_keys, ikev2_skeyseed, integ, prf
 from reference_impl.ike import payloads as v2p
 from reference_impl.ike.auth import algorithm_identifier, psk_auth, signed_octets, verify_signature
@@ -103,13 +103,8 @@ def grade(ctx: CaseContext, level: Level, reason: str) -> None:
     rec = ctx.recording
     if rec is None:
         raise AssertionError(reason)
-    verdict = grade_unmet(level, strict=ctx.lab.options.strict)
-    if verdict is Verdict.FAIL:
-        rec.failed(f"[{level.value}] {reason}")
-    elif verdict is Verdict.RECORDED:
-        rec.recorded(reason)
-    else:
-        rec._set(verdict, f"[{level.value}] {reason}")  # no public warning(): see the report
+    prefix = f"[{level.value}] " if level.is_mandatory or level.value.startswith("SHOULD") else ""
+    rec.not_met(prefix + reason, level=level)
 
 
 def note(ctx: CaseContext, name: str, text: str) -> None:

@@ -338,12 +338,17 @@ class IsakmpService:
         *,
         child: str | None = None,
         acquire_id: int | None = None,
+        phase1_only: bool = False,
     ) -> bytes:
         """Start phase 1 for ``connection`` (or reuse an established ISAKMP SA) and then a
-        Quick Mode for ``child`` (default: every child of the connection). Returns the
-        ISAKMP SA id (CKY-I | CKY-R; CKY-R is zero until the responder answers)."""
+        Quick Mode for ``child`` (default: every child of the connection; none with
+        ``phase1_only``: the ISAKMP SA alone). Returns the ISAKMP SA id (CKY-I | CKY-R;
+        CKY-R is zero until the responder answers)."""
         conn = self.settings.connection(connection)
-        children = [conn.child(child)] if child is not None else list(conn.children)
+        if phase1_only:
+            children = []
+        else:
+            children = [conn.child(child)] if child is not None else list(conn.children)
         sa = self._established_for(conn)
         if sa is not None:
             for c in children:

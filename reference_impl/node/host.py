@@ -930,7 +930,8 @@ class Host:
     def initiate(
         self, rule: str, now: float, *, peer: str | None = None, version: int | None = None
     ) -> bytes:
-        """Bring up a Child SA for ``rule`` now (without traffic); returns the IKE SA's ID."""
+        """Bring up a Child SA for ``rule`` now (without traffic), or only the IKE SA with the
+        ``childless`` override (IKEv2 RFC 6023; IKEv1 phase 1 alone); returns its ID."""
         r = self._rule(rule)
         assert self.cfgs is not None and self.policy is not None
         entry = next(
@@ -967,7 +968,10 @@ class Host:
             )
         else:
             name = self._v1_connection(r, local, remote, lts, rts)
-            ike_sa_id = self.ike1.initiate(name, now, child=r.rule)
+            # childless: the ISAKMP SA alone, no Quick Mode (IKE-only peers)
+            ike_sa_id = self.ike1.initiate(
+                name, now, child=r.rule, phase1_only=self.overrides.childless
+            )
         self._pump(now)
         return ike_sa_id
 

@@ -278,7 +278,8 @@ class NodeRuntime:
         def read() -> None:
             now = self.clock.now()
             errors = False
-            for _ in range(256):
+            received = 0
+            for received in range(256):  # noqa: B007 - how many rounds read something
                 if ep.gro:
                     try:
                         got = recv_gro()
@@ -316,7 +317,10 @@ class NodeRuntime:
                 ):
                     self.wire_log.append((now, data, (addr[0], addr[1], local[0], local[1])))
                 host.udp_received(data, (addr[0], addr[1]), local, now)
-            if errors:
+            # Drain the error queue after a failed receive, and also when a send consumed the
+            # pending-error report or the wake-up brought nothing to read: then only the queue
+            # is left, and its EPOLLERR would wake this reader again and again.
+            if errors or ep.errors_possible or not received:
                 for e in ep.recv_errors():
                     host.icmp_error(
                         e.destination, ep.port, e.icmp_type, e.icmp_code, e.payload, e.offender,

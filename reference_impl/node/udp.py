@@ -25,6 +25,19 @@ MAX_SEGMENTS = 64
 SO_EE_ORIGIN_ICMP = 2
 SO_EE_ORIGIN_ICMP6 = 3
 _SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")
+_ASYNC_ERRORS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EPROTO,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EMSGSIZE,
+    }
+)
+"""Errors an ICMP message about an earlier datagram is reported with (ip(7) IP_RECVERR)."""
 _U16 = struct.Struct("=H")
 _GRO_SPACE = socket.CMSG_SPACE(4)
 
@@ -71,6 +84,8 @@ class UdpEndpoint:
             raise
         self.address = address
         self.port = self.sock.getsockname()[1]
+        self.errors_possible = False
+        """A send consumed an error report: the error queue holds something to read."""
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -107,8 +122,11 @@ class UdpEndpoint:
         system call (UDP GSO, Linux 4.18). False when the kernel refused: send one by one."""
         try:
             self.sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, _U16.pack(size))], 0, addr)
-        except (BlockingIOError, ConnectionRefusedError):
+        except BlockingIOError:
             return True  # a drop, as on the wire
+        except ConnectionRefusedError:
+            self.errors_possible = True  # an earlier datagram's ICMP error: send one by one
+            return False
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
                 self.gso = False
@@ -128,6 +146,8 @@ class UdpEndpoint:
         return data, (addr[0], addr[1])
 
     def recv_errors(self) -> list[IcmpError]:
+        """Every ICMP error queued for this socket (the queue is left empty)."""
+        self.errors_possible = False
         errors: list[IcmpError] = []
         while True:
             try:
@@ -155,12 +175,19 @@ class UdpEndpoint:
                 )
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            self.sock.sendto(data, addr)
-        except (BlockingIOError, ConnectionRefusedError):
-            pass  # full queue, or an earlier ICMP error reported here: a drop, as on the wire
-        except OSError:
-            pass  # unreachable network and the like: the datagram is lost, as on the wire
+        # With IP_RECVERR an ICMP error about an EARLIER datagram is reported (once) by the
+        # next socket call, this sendto included, and then this datagram was not sent: send it
+        # again. The error itself stays in the error queue for recv_errors().
+        for _ in range(3):
+            try:
+                self.sock.sendto(data, addr)
+                return
+            except BlockingIOError:
+                return  # a full queue: a drop, as on the wire
+            except OSError as exc:
+                if exc.errno not in _ASYNC_ERRORS:
+                    return  # no route and the like: the datagram is lost, as on the wire
+                self.errors_possible = True
 
     def close(self) -> None:
         self.sock.close()

@@ -54,3 +54,23 @@ def test_port_unreachable_is_reported() -> None:
         assert err.payload.startswith(b"\x01\x02ike")
     finally:
         a.close()
+
+
+def test_send_after_an_icmp_error_still_sends() -> None:
+    """The ICMP error about datagram 1 is reported by the next call, here the sendto of
+    datagram 2: datagram 2 must still go out, and both errors stay readable."""
+    closed = _free_port()
+    a = UdpEndpoint("127.0.0.1", 0)
+    try:
+        a.send(b"\x01first", ("127.0.0.1", closed))
+        _wait_readable(a)  # the first ICMP error has arrived (EPOLLERR)
+        a.send(b"\x02second", ("127.0.0.1", closed))
+        deadline = time.monotonic() + 5
+        errors = []
+        while len(errors) < 2 and time.monotonic() < deadline:
+            _wait_readable(a, deadline - time.monotonic())
+            errors += a.recv_errors()
+        assert [e.payload[:1] for e in errors] == [b"\x01", b"\x02"]
+        assert not a.errors_possible
+    finally:
+        a.close()

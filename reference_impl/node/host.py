@@ -175,6 +175,12 @@ MISBEHAVIOURS = {
     "is not cancelled, so a late answer upgrades the soft SA silently)",
     "leak_while_negotiating": "packets held while an SA is negotiated also leave in clear",
     "accept_any_auth": "the peer's IKEv2 AUTH and certificates are not verified (new IKE SAs)",
+    "accept_md5": "MD5 transforms are accepted and offered besides the configured ones: PRF and "
+    "integrity HMAC-MD5 for IKE, AES-CBC with HMAC-MD5-96 for ESP (RFC 8247, RFC 8221 MUST NOT)",
+    "rekey_without_pfs": "Child SA proposals lose their D-H groups: CREATE_CHILD_SA without "
+    "a key exchange, and KEi refused (no PFS)",
+    "ikev1_no_natt": "the IKEv1 responder ignores NAT traversal: no RFC 3947 Vendor ID, no NAT-D, "
+    "no UDP-encapsulated modes",
 }
 """Deliberate misbehaviours for negative testing (``Host.set_misbehaviour``)."""
 
@@ -261,6 +267,29 @@ class Host:
         ov = self.overrides
         if self.misbehaviour.get("wrong_natd"):
             ov = dataclasses.replace(ov, force_encap=True)
+        if self.misbehaviour.get("rekey_without_pfs"):
+            ov = dataclasses.replace(
+                ov, esp_proposals=tuple(_no_dh(t) for t in ov.esp_proposals),
+                ah_proposals=tuple(_no_dh(t) for t in ov.ah_proposals),
+            )  # fmt: skip
+        compiled = self.agent.policy
+        if self.misbehaviour.get("accept_md5") and compiled is not None:
+            ike = ov.proposals or ikeconf.ike_proposal_texts(compiled.policy.ike, ov)
+            esp = ov.esp_proposals
+            if not esp and not ov.ah_proposals:  # the policy's own ESP methods stay
+                esp = tuple(
+                    t
+                    for r in compiled.policy.rules
+                    for proto, t in ikeconf.child_proposal_texts(
+                        r.action.security_methods, None, ov
+                    )
+                    if proto == IpsecProtocol.ESP
+                )
+            ov = dataclasses.replace(
+                ov,
+                proposals=(*ike, "aes128-sha256-md5-prfsha256-prfmd5-modp2048"),
+                esp_proposals=(*esp, "aes128-md5"),
+            )
         return ov
 
     def _rebuild(self) -> None:
@@ -276,9 +305,12 @@ class Host:
         self.ike2.settings = dataclasses.replace(
             self.ike2.settings, connections=self.cfgs.v2_responders
         )
+        v1 = self.cfgs.v1_responders
+        if self.misbehaviour.get("ikev1_no_natt"):
+            v1 = tuple(dataclasses.replace(c, nat_traversal=False) for c in v1)
         self.ike1.settings = dataclasses.replace(
             self.ike1.settings,
-            connections=self.cfgs.v1_responders,
+            connections=v1,
             retransmit=self.overrides.schedule or compiled.policy.ike.schedule,
             allow_aggressive_psk=self.overrides.allow_aggressive_psk,
         )
@@ -303,7 +335,7 @@ class Host:
                 check_padding=not self.misbehaviour.get("no_padding_check"),
                 tfc_pad_to=int(self.misbehaviour.get("tfc_pad_to") or 0),
             )
-        if name == "wrong_natd":
+        if name in ("wrong_natd", "accept_md5", "rekey_without_pfs", "ikev1_no_natt"):
             self._rebuild()
         if name == "accept_any_auth":
             self.ike2.settings = dataclasses.replace(
@@ -1188,3 +1220,19 @@ __all__ = [
     "RetransmitSchedule",
     "local_icmp_packet",
 ]
+
+
+def _no_dh(text: str) -> str:
+    """A child proposal (strongSwan syntax) without its D-H groups (misbehaviour
+    ``rekey_without_pfs``)."""
+    from reference_impl.ike.config import ProposalConfig
+
+    keep = []
+    for word in text.split("-"):
+        try:
+            is_dh = bool(ProposalConfig.parse(f"aes128-sha256-{word}").dh)
+        except LocalProtocolError:
+            is_dh = False
+        if not is_dh:
+            keep.append(word)
+    return "-".join(keep)

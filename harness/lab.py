@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from harness.report import CaseRecording, PeerInfo
     from harness.topology.base import Topology
 
+LOG_EVIDENCE_LIMIT = 200_000
+"""At most this many octets of a peer's log are attached to one case (the end of it)."""
+
 PUT_NODE = "put"
 TESTER_NODE = "tester"
 TESTER_NAME = "tester"
@@ -106,36 +109,51 @@ def peer_infos(options: LabOptions) -> list[PeerInfo]:
     return infos
 
 
-class Lab:
-    """Per-worker topology and peers, started lazily, closed at the end of the session."""
+class Bench:
+    """One peer under test and the tester on a topology of their own (nodes "put" and
+    "tester"), started lazily. Peers under test of different kinds never share a node: each
+    needs the standard IKE ports and its own data plane."""
 
-    def __init__(self, options: LabOptions) -> None:
-        self.options = options
+    def __init__(self, lab: Lab, kind: str) -> None:
+        self.lab = lab
+        self.kind = kind
         self._topology: Topology | None = None
-        self._stack = contextlib.ExitStack()
-        self._peers: dict[str, Peer] = {}
+        self.peers: dict[str, Peer] = {}
 
     @property
     def topology(self) -> Topology:
         if self._topology is None:
             from harness.topology import TopologySpec, open_topology
+            from harness.topology.run import Run
 
             spec = TopologySpec.pair(PUT_NODE, TESTER_NODE)
-            artifacts = self.options.reports / "lab"
-            self._topology = self._stack.enter_context(
-                open_topology(self.options.topology, spec, artifacts=artifacts)
+            artifacts = self.lab.options.reports / "lab" / self.kind
+            # A run (label) per bench: resource names are label + node name, and every bench
+            # has nodes "put" and "tester".
+            run = Run()
+            self.lab.stack.callback(run.close)
+            self._topology = self.lab.stack.enter_context(
+                open_topology(self.lab.options.topology, spec, artifacts=artifacts, run=run)
             )
         return self._topology
 
-    def peer(self, kind: str, node_name: str) -> Peer:
-        """The started adapter of ``kind`` on ``node_name`` (one per node and kind)."""
-        key = f"{kind}@{node_name}"
-        peer = self._peers.get(key)
+    @property
+    def put(self) -> Peer:
+        return self._peer(self.kind, PUT_NODE)
+
+    @property
+    def tester(self) -> Peer:
+        return self._peer("reference", TESTER_NODE)
+
+    def _peer(self, kind: str, node_name: str) -> Peer:
+        """The started adapter of ``kind`` on ``node_name``."""
+        peer = self.peers.get(node_name)
         if peer is None:
             from harness.peers.base import NotApplicable
             from harness.peers.registry import AdapterMissing, peer_class
 
-            if kind in NEEDS_NODE and self.options.topology == "local":
+            options = self.lab.options
+            if kind in NEEDS_NODE and options.topology == "local":
                 raise NotApplicable([f"{kind}: {NEEDS_NODE[kind]}"])
             try:
                 cls = peer_class(kind)
@@ -147,20 +165,34 @@ class Lab:
             node = None if kind == "external" else self.topology.node(node_name)
             peer = cls(node)
             peer.start()
-            self._stack.callback(peer.stop)
+            self.lab.stack.callback(peer.stop)
             if node_name == PUT_NODE and kind == "reference":
-                for name, value in self.options.misbehaviour_values():
+                for name, value in options.misbehaviour_values():
                     peer.impair(name, value)  # type: ignore[attr-defined]
-            self._peers[key] = peer
+            self.peers[node_name] = peer
         return peer
+
+
+class Lab:
+    """Per-worker benches (one per peer under test), started lazily, closed at the end."""
+
+    def __init__(self, options: LabOptions) -> None:
+        self.options = options
+        self.stack = contextlib.ExitStack()
+        self._benches: dict[str, Bench] = {}
+
+    def bench(self, kind: str) -> Bench:
+        bench = self._benches.get(kind)
+        if bench is None:
+            bench = self._benches[kind] = Bench(self, kind)
+        return bench
 
     def context(self, info: CaseInfo, peer: str, role: Role, nodeid: str) -> CaseContext:
         return CaseContext(self, info, peer, role, nodeid)
 
     def close(self) -> None:
-        self._stack.close()
-        self._peers.clear()
-        self._topology = None
+        self.stack.close()
+        self._benches.clear()
 
 
 @dataclass
@@ -181,16 +213,20 @@ class CaseContext:
     # -- the parts -------------------------------------------------------------------------
 
     @property
+    def bench(self) -> Bench:
+        return self.lab.bench(self.peer_name)
+
+    @property
     def put(self) -> Peer:
-        return self.lab.peer(self.peer_name, PUT_NODE)
+        return self.bench.put
 
     @property
     def tester(self) -> Peer:
-        return self.lab.peer("reference", TESTER_NODE)
+        return self.bench.tester
 
     @property
     def topology(self) -> Topology:
-        return self.lab.topology
+        return self.bench.topology
 
     @property
     def put_initiates(self) -> bool:
@@ -282,21 +318,41 @@ class CaseContext:
             parts += ["--target", opts.target]
         return " ".join(parts)
 
+    def mark_logs(self) -> None:
+        """Remember how long the peers' logs are, so only this case's part is attached."""
+        for peer in list(self.lab.bench(self.peer_name).peers.values()):
+            for path in peer.logs():
+                try:
+                    self._logs_at_start[path] = path.stat().st_size
+                except OSError:
+                    pass
+
     def attach_evidence(self) -> None:
-        """Attach the peers' logs (what they wrote during this case) to the recording."""
+        """Attach what the peers logged during this case to the recording."""
         if self.recording is None:
             return
         from harness.report import EvidenceKind
 
-        for key, peer in list(self.lab._peers.items()):
+        seen: set[Path] = set()
+        for key, peer in list(self.bench.peers.items()):
             for path in peer.logs():
+                if path.resolve() in seen:
+                    continue
+                seen.add(path.resolve())
                 try:
-                    text = path.read_text(errors="replace")
+                    with path.open("rb") as f:
+                        start = self._logs_at_start.get(path, 0)
+                        size = f.seek(0, 2)
+                        if size < start:  # the log was rotated or rewritten: take it all
+                            start = 0
+                        f.seek(max(start, size - LOG_EVIDENCE_LIMIT))
+                        text = f.read().decode(errors="replace")
                 except OSError:
                     continue
-                self.recording.attach_text(
-                    f"{key} {path.name}", text[-200_000:], EvidenceKind.LOG, filename=path.name
-                )
+                if text:
+                    self.recording.attach_text(
+                        f"{key} {path.name}", text, EvidenceKind.LOG, filename=f"{key}-{path.name}"
+                    )
 
     def close(self) -> None:
         pass

@@ -243,6 +243,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         rerun=context.rerun_command(),
     ) as recording:
         context.recording = recording
+        context.mark_logs()
         try:
             context.check_needs()
             pyfuncitem.obj(**args)

@@ -252,6 +252,8 @@ def verify_signature(public_key: Any, method: int, data: bytes, octets: bytes) -
             return False
         alg_len = data[0]
         scheme, h, salt = parse_algorithm_identifier(data[1 : 1 + alg_len])
+        if h == "sha1":  # RFC 8247 §4.2: SHA-1 MUST NOT be used for Digital Signature (14)
+            return False
         sig = data[1 + alg_len :]
         if scheme == "ecdsa":
             if not isinstance(public_key, ec.EllipticCurvePublicKey):

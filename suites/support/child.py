@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from harness.peers.base import NotApplicable, Peer, PeerError, Scenario
-from harness.probes.craft import AhCrafter, EspCrafter
+from harness.probes.craft import AhCrafter, EspCrafter, mutate_ipv4
 from harness.probes.keys import IpsecSaEntry
 from harness.report.model import EvidenceKind
 from reference_impl.crypto import (
@@ -931,6 +931,7 @@ def responding(
     extra: Callable[[Peer], None] | None = None,
     require_child: bool = True,
     plane: bool = True,
+    auth: Auth | None = None,
 ) -> Iterator[Opened]:
     """The PUT configured with ``scenario`` responds to the harness's IKE_SA_INIT and IKE_AUTH
     (with a Child SA for ``tsi``/``tsr``, default the scenario's networks, and ``esp``
@@ -963,17 +964,17 @@ def responding(
         if transport:
             ns.append(v2p.NotifyPayload(N.USE_TRANSPORT_MODE))
         with ctx.step("IKE_AUTH"):
-            auth = auth_request(ini, child=payloads, natt=natt, notifies=ns)
+            answer = auth_request(ini, child=payloads, natt=natt, notifies=ns, auth=auth)
         sa = ini.sa
-        if not auth.answered or auth.get(v2p.AuthPayload) is None:
-            raise SetupFailed(f"IKE_AUTH failed: {auth.describe()}")
+        if not answer.answered or answer.get(v2p.AuthPayload) is None:
+            raise SetupFailed(f"IKE_AUTH failed: {answer.describe()}")
         session = Session(ctx, scenario, ini.wire, sa, natt=natt, owner=ini)
         first_child: HarnessChild | None = None
-        sa_p = auth.get(v2p.SaPayload)
+        sa_p = answer.get(v2p.SaPayload)
         if payloads is not None and sa_p is not None and sa_p.proposals:
             chosen = sa_p.proposals[0]
             sel = selected_of(chosen)
-            tsi_r, tsr_r = auth.get(v2p.TsI), auth.get(v2p.TsR)
+            tsi_r, tsr_r = answer.get(v2p.TsI), answer.get(v2p.TsR)
             first_child = HarnessChild(
                 label="child1",
                 protocol=chosen.protocol_id,
@@ -983,7 +984,7 @@ def responding(
                 keys=child_keys(sa, sel, sa.nonce_i, sa.nonce_r),
                 initiator=True,
                 mode=Mode.TRANSPORT
-                if auth.notify(N.USE_TRANSPORT_MODE) is not None
+                if answer.notify(N.USE_TRANSPORT_MODE) is not None
                 else Mode.TUNNEL,
                 tsi=list(tsi_r.selectors) if tsi_r else [],
                 tsr=list(tsr_r.selectors) if tsr_r else [],
@@ -992,12 +993,12 @@ def responding(
             )
             session._n = 1
         elif payloads is not None and require_child:
-            raise SetupFailed(f"the PUT made no Child SA in IKE_AUTH: {auth.describe()}")
+            raise SetupFailed(f"the PUT made no Child SA in IKE_AUTH: {answer.describe()}")
         dp = DataPlane(session) if plane else None
         if first_child is not None:
             session.add_child(first_child)
         try:
-            yield Opened(session, init, auth, first_child)
+            yield Opened(session, init, answer, first_child)
         finally:
             ini.sa = session.sa  # put_responds deletes the current IKE SA
             for old in session.old:
@@ -1251,6 +1252,9 @@ class DataPlane:
         s = nxt if seq is None else seq
         self.crafters[child.spi_out] = (crafter, max(nxt, s + 1))
         d = crafter.packet(inner, s)
+        if isinstance(crafter, AhCrafter) and d[0] >> 4 == 4 and d[4:6] == b"\0\0":
+            # a raw socket gives an IPv4 Identification of 0 one of its own, and AH covers it
+            d = crafter.resign(mutate_ipv4(d, ident=0x4A48))
         if child.encap:
             off = (d[0] & 0x0F) * 4
             self.session.wire.send(d[off:], port=NATT_PORT, marker=False)
@@ -1574,6 +1578,121 @@ def require_trigger(ctx: CaseContext, what: str = "rekey") -> None:
         raise NotApplicable(
             [f"{ctx.put.kind}: the harness cannot make it {what} without waiting for the outcome"]
         )
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+DEFAULT = "default"
+"""Keyword: the implementation's own default proposals."""
+
+
+def proposals_as(
+    scenario: Scenario, *, ike: str | None = None, esp: str | None = None
+) -> Callable[[Peer], None]:
+    """A ``configure_put`` extra that loads ``scenario`` into the PUT again with its IKE and/or
+    ESP proposals given as one strongSwan-syntax keyword string (``aes128ccm8``, transforms the
+    neutral scenario cannot name) or :data:`DEFAULT` (what the implementation ships, for the
+    MUST NOT cases of RFC 8247/8221). reference: node IKE settings; strongSwan: the vici
+    proposal strings; libreswan: the ``ike=``/``esp=`` lines (omitted for the default)."""
+
+    def extra(put: Peer) -> None:
+        if put.kind == "reference":
+            from harness.peers.reference import scenario_ike
+
+            cfg = scenario_ike(scenario)
+            if ike is not None:
+                cfg["proposals"] = [] if ike == DEFAULT else [ike]
+            if esp is not None:
+                cfg["esp_proposals"] = [] if esp == DEFAULT else [esp]
+                cfg["ah_proposals"] = []
+            put.client.set_ike(**cfg)  # type: ignore[attr-defined]
+            return
+        if put.kind == "strongswan":
+            import harness.peers.strongswan as sw
+
+            with contextlib.ExitStack() as stack:
+                if ike is not None:
+                    stack.enter_context(_patched(sw, "ike_proposal", lambda _p, _v: ike))
+                if esp is not None:
+                    stack.enter_context(_patched(sw, "child_proposal", lambda _p: esp))
+                put.configure(scenario)
+            return
+        if put.kind == "libreswan":
+            import harness.peers.libreswan as lsw
+
+            cls = type(put)
+            orig = cls._conn  # type: ignore[attr-defined]
+
+            def conn(self: Any, sc: Scenario) -> list[str]:
+                out = []
+                for line in orig(self, sc):
+                    if ike is not None and line.startswith("    ike="):
+                        if ike == DEFAULT:
+                            continue
+                        line = f"    ike={ike}"
+                    if esp is not None and line.startswith("    esp="):
+                        if esp == DEFAULT:
+                            continue
+                        line = f"    esp={esp}"
+                    out.append(line)
+                return out
+
+            del lsw
+            with _patched(cls, "_conn", conn):
+                put.configure(scenario)
+            return
+        raise NotApplicable([f"{put.kind}: the harness cannot set its proposals by keyword"])
+
+    return extra
+
+
+def sa_init_probe(
+    ctx: CaseContext,
+    wire: Wire,
+    proposals: Sequence[v2p.Proposal],
+    ke_group: int,
+    *,
+    timeout: float = 2.0,
+) -> Reply:
+    """One IKE_SA_INIT offering ``proposals`` with a KE of ``ke_group`` (random octets of the
+    group's length when the registry cannot make one: MODP 22-24 of RFC 5114) and the answer;
+    no keys are derived (acceptance probes, RFC 8247)."""
+    from reference_impl.ike.messages import encode_message
+
+    sc_len = {22: 128, 23: 256, 24: 256}
+    try:
+        ke_data = dh(ke_group).generate().public_value
+    except Exception:
+        ke_data = os.urandom(sc_len.get(ke_group, 256))
+    spi_i = os.urandom(8)
+    put = ctx.topology.node(PUT).addresses.v4
+    me = ctx.topology.node(TESTER).addresses.v4
+    payloads: list[v2p.Payload] = [
+        v2p.SaPayload(list(proposals)),
+        v2p.KePayload(ke_group, ke_data),
+        v2p.NoncePayload(os.urandom(32)),
+        v2p.NotifyPayload(
+            N.NAT_DETECTION_SOURCE_IP, natd_hash(spi_i, bytes(8), (me, wire.local_port))
+        ),
+        v2p.NotifyPayload(N.NAT_DETECTION_DESTINATION_IP, natd_hash(spi_i, bytes(8), (put, 500))),
+    ]
+    from reference_impl.ike.messages import Message as V2Message
+
+    data = encode_message(V2Message(34, 0, spi_i, bytes(8), True, False, payloads))
+    wire.send(data, port=IKE_PORT)
+    rx = wire.recv(lambda r: r.spi_i == spi_i and r.response and r.exchange == 34, timeout)
+    if rx is None:
+        return Reply(None, request=data)
+    m = rx.message()
+    return Reply(rx, m, list(m.payloads), data)
 
 
 def put_delete_child(ctx: CaseContext, put_inbound_spi: bytes) -> None:
@@ -2666,6 +2785,7 @@ def v1_initiating(
 
 
 __all__ = [
+    "DEFAULT",
     "TESTER_NET",
     "Accepted",
     "DataPlane",
@@ -2686,12 +2806,14 @@ __all__ = [
     "ike_proposal",
     "initiating",
     "net_host",
+    "proposals_as",
     "put_children",
     "put_delete_child",
     "put_inner",
     "put_net",
     "require_trigger",
     "responding",
+    "sa_init_probe",
     "strip_dh",
     "tester_inner",
     "trigger_child_rekey",

@@ -1371,7 +1371,7 @@ class DataPlane:
         if timeout is None:
             timeout = 1.5 if self.backend == "local" else 3.0
             if not expect:
-                timeout = 0.6 if self.backend == "local" else 1.5
+                timeout = 0.3 if self.backend == "local" else 1.5
         transport = child.mode is Mode.TRANSPORT
         src = src or (self.tester_addr if transport else tester_inner(ctx))
         dst = dst or (self.put_addr if transport else put_inner(ctx))
@@ -2055,12 +2055,14 @@ class V1Session:
         self.our_nat = natds[0].hash != self.natd(self.me.address, self._port())
         self.put_nat = all(n.hash != self.natd(self.put.address, IKE_PORT) for n in natds[1:])
 
-    def derive(self) -> None:
+    def derive(self, g_xy: bytes | None = None) -> None:
         """SKEYID (PSK or signatures), SKEYID_d/a/e, Ka and the phase-1 IV (RFC 2409 §5,
-        Appendix B)."""
+        Appendix B); ``g_xy``: the shared secret when not computed from our own KE (tests)."""
         from reference_impl.crypto import kdf_ikev1 as kdf1
 
-        self.g_xy = self.kex.shared_secret(self.gxr if self.initiator else self.gxi)
+        if g_xy is None:
+            g_xy = self.kex.shared_secret(self.gxr if self.initiator else self.gxi)
+        self.g_xy = g_xy
         p = prf(self.chosen.prf_id)
         self.prf = p
         if self.chosen.auth_method == 1:

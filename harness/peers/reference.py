@@ -194,12 +194,15 @@ class ReferencePeer(Peer):
             self.node.topology.require(FEATURE_ROOT)
         with self.log_path.open("a") as log:
             log.write(f"--- node start {time.strftime('%H:%M:%S')} ---\n")
-        self.process = self.node.spawn(
-            "node",
-            [sys.executable, "-m", "reference_impl.node", "--config", str(self.config_path)],
-            env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": _project_root()},
-            private_run=False,
-        )
+        argv = [sys.executable, "-m", "reference_impl.node", "--config", str(self.config_path)]
+        env = {"PYTHONUNBUFFERED": "1", "PYTHONPATH": _project_root()}
+        if self.node.topology.backend == "docker":
+            # Programs come from the node's image (the reference image has the project
+            # installed in the interpreter on its PATH); the host's do not exist there.
+            self.node.use_image("reference")
+            argv[0] = "python3"
+            del env["PYTHONPATH"]
+        self.process = self.node.spawn("node", argv, env=env, private_run=False)
         proc = self.process
         try:
             self.client.wait_ready(20.0, alive=lambda: proc.running)

@@ -30,10 +30,10 @@ from tests.interop.live import Live, safe_name
 
 BACKENDS = [
     pytest.param("netns", id="netns"),
-    pytest.param("docker", id="docker", marks=[pytest.mark.needs_docker]),
+    pytest.param("docker", id="docker", marks=[pytest.mark.needs_docker, pytest.mark.slow]),
 ]
-_only = os.environ.get("IPSEC_INTEROP_INTEROP_BACKENDS", "netns")
-"""Comma-separated backends to run (``netns,docker``)."""
+_only = os.environ.get("IPSEC_INTEROP_INTEROP_BACKENDS", "netns,docker")
+"""Comma-separated backends to run (both by default; docker skips without an engine)."""
 BACKENDS = [p for p in BACKENDS if p.values[0] in _only.split(",")]
 
 
@@ -122,15 +122,17 @@ def libreswan(topo: Topology) -> Iterator[LibreswanPeer]:
 
 
 @pytest.fixture(scope="module")
-def pkis(topo: Topology, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pki]:
+def pkis(topo: Topology) -> Callable[[str], Pki]:
     """``pkis("rsa")`` / ``pkis("ecdsa")``: a CA and certificates for both nodes' addresses,
-    made once per module."""
+    made once per module, in the artifacts folder (the nodes see it at the same path: the
+    docker backend bind-mounts it)."""
     made: dict[str, Pki] = {}
     a, b = topo.node("a"), topo.node("b")
+    assert topo.artifacts is not None
 
     def get(kind: str) -> Pki:
         if kind not in made:
-            folder: Path = tmp_path_factory.mktemp(f"pki-{kind}")
+            folder: Path = topo.artifacts / f"pki-{kind}"  # type: ignore[operator]
             made[kind] = make_pki(folder, [a.addresses.v4, b.addresses.v4], kind)  # type: ignore[arg-type]
         return made[kind]
 

@@ -11,6 +11,7 @@ strongSwan's libipsec fakes a NAT, so IKE floats to 4500 and ESP is UDP-encapsul
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -19,7 +20,9 @@ from harness.peers.pki import Pki
 from harness.peers.reference import ReferencePeer
 from harness.peers.strongswan import StrongSwanPeer
 from harness.probes import tshark
-from tests.interop.live import Live
+from harness.probes.keys import KeySet, wireshark_table
+from harness.probes.oracle import check_pcap
+from tests.interop.live import Live, key_differences, verify
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.peer("strongswan"), pytest.mark.timeout(900)]
 
@@ -95,3 +98,43 @@ def test_ikev2_tunnel(
     assert f"authentication of '{them}' (myself) with {AUTH_METHOD[auth]}" in log
     if suite != "chacha20" and tshark.available():  # Wireshark 4.0 has no ChaCha20-Poly1305
         assert verdict.tshark_lines >= 3  # the IKE SA and both ESP SAs were cross-checked
+
+
+def test_the_checks_catch_corrupted_icvs_and_differing_keys(
+    live: Live, ref: ReferencePeer, peer: StrongSwanPeer
+) -> None:
+    """Sensitivity: our node told to flip the ICV of its next two ESP packets (strongSwan
+    drops them). Each key set alone makes the oracle count exactly those two as bad (the
+    rest good), :func:`verify` refuses the capture, tshark counts the same, and a single
+    altered key is reported by the key comparison."""
+    live.configure(live.scenario_between())
+    live.establish("reference")
+    _, out_spi = live.current_child()
+    ref.impair("corrupt_icv", 2)
+    argv = ["ping", "-c", "4", "-i", "0.2", "-W", "1", "-I", live.a.addresses.inner_v4]
+    result = live.a.exec([*argv, live.b.addresses.inner_v4], timeout=20)
+    assert "4 packets transmitted, 2 received" in result.stdout
+    live.snapshot()
+    live.close_sas()
+    assert live.capture is not None
+    pcap = live.capture.stop()
+    live.capture = None
+    peer_keys = KeySet.from_charon_log(live.peer_log(), source="strongswan:b")
+    for keys, source in ((live.node_keys, "reference"), (peer_keys, "strongswan")):
+        report = check_pcap(pcap, keys)
+        sa = report.sa(out_spi)
+        assert (sa.packets, sa.icv_bad, sa.icv_good) == (4, 2, 2), sa.summary()
+        with pytest.raises(AssertionError, match="oracle FAIL"):
+            verify(report, source, live.a, live.b, encapsulated=True)
+        if source == "reference" and tshark.available():
+            assert report.resolved_keys is not None
+            assert tshark.cross_check(pcap, report, wireshark_table(report.resolved_keys)) == []
+        if source == "strongswan":
+            assert report.resolved_keys is not None
+            assert key_differences(live.node_keys, report.resolved_keys, "strongswan") == []
+            first = live.node_keys.ipsec[0]
+            bad = replace(first, encr_key=bytes([first.encr_key[0] ^ 1]) + first.encr_key[1:])
+            altered = KeySet(list(live.node_keys.ike), [bad, *live.node_keys.ipsec[1:]])
+            assert key_differences(altered, report.resolved_keys, "strongswan") == [
+                f"ESP SA 0x{first.spi:08x}: keys differ"
+            ]

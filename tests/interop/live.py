@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +96,6 @@ class Live:
         self.node_keys = KeySet()
         self.scenario: Scenario | None = None
         self._log_start = self._peer_log_size()
-        self._t0 = time.monotonic()
         self.capture: Capture | None = self._capture()
         self.verdict: Verdict | None = None
 
@@ -133,9 +130,6 @@ class Live:
 
     def initiator(self, who: str) -> Peer:
         return self.ref if who == "reference" else self.peer
-
-    def responder(self, who: str) -> Peer:
-        return self.peer if who == "reference" else self.ref
 
     def establish(self, who: str, *, child: bool = True, timeout: float = 15.0) -> None:
         """``who`` (``reference`` or the peer's kind) initiates; both ends must list the SA."""
@@ -175,7 +169,7 @@ class Live:
         return children[-1].spi_in, children[-1].spi_out
 
     def peer_log(self) -> str:
-        """The peer's log written since the case began."""
+        """The peer's log written since the case began (libreswan's: all of it)."""
         if isinstance(self.peer, StrongSwanPeer):
             with self.peer.log_path.open("rb") as f:
                 f.seek(self._log_start)
@@ -351,17 +345,3 @@ def key_differences(ours: KeySet, theirs: KeySet, source: str) -> list[str]:
         if not any((sa.protocol, sa.spi) == (p.protocol, p.spi) for sa in ours.ipsec):
             out.append(f"{p.protocol.name} SA 0x{p.spi:08x}: {source} has keys, our node none")
     return out
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until it is truthy (AssertionError with ``what`` on timeout)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def log_has(text: str, patterns: Iterable[str]) -> list[str]:
-    """The patterns (regexes) missing from ``text``."""
-    return [p for p in patterns if not re.search(p, text, re.MULTILINE)]

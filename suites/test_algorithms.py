@@ -252,7 +252,10 @@ def test_alg_002_ike_should(ctx: CaseContext) -> None:
     ]  # fmt: skip
     _table(ctx, subs)
     _require_some(subs)
-    known(ctx, {"libreswan": "libreswan-prf-tied-to-integrity"})
+    known(
+        ctx,
+        {"strongswan": "algorithms-record-cases", "libreswan": "libreswan-prf-tied-to-integrity"},
+    )
     _grade_should(ctx, subs)
 
 
@@ -378,7 +381,9 @@ def test_alg_004_ike_should_not(ctx: CaseContext) -> None:
         wire.close()
         flush_half_open(ctx)
     _table(ctx, subs)
-    known(ctx, {"strongswan": "strongswan-default-proposals"})
+    known(ctx, {"strongswan": "strongswan-default-proposals",
+                "libreswan": "algorithms-record-cases",
+                "reference": "reference-policy-default-modp1024"})  # fmt: skip
     weak = [s.label for s in subs if s.outcome == "accepted" and s.level is Level.SHOULD_NOT]
     if weak:
         grade(ctx, Level.SHOULD_NOT, f"accepted by default: {', '.join(weak)}")

@@ -127,7 +127,7 @@ STRONGSWAN = {
     ("IKEV1-014", "I"): ("recorded", "strongswan-libipsec-fakes-nat"),
     ("IKEV1-014", "R"): ("recorded", "strongswan-libipsec-fakes-nat"),
     ("IKEV1-017", "R"): ("warning", "ikev1-reserved-flags-ignored"),
-    ("ALG-002", "R"): ("recorded", None),
+    ("ALG-002", "R"): ("recorded", "algorithms-record-cases"),
     ("ALG-004", "R"): ("recorded", "strongswan-default-proposals"),
     ("ALG-005", "R"): ("fail", "strongswan-sha1-signatures"),
     ("ALG-007", "I"): ("recorded", "strongswan-libipsec-no-gmac"),

@@ -20,6 +20,7 @@ from harness.cases import CaseInfo, Role
 
 if TYPE_CHECKING:
     from harness.peers.base import Peer, Scenario
+    from harness.peers.external import DeviceDeclaration
     from harness.report import CaseRecording, PeerInfo
     from harness.topology.base import Topology
 
@@ -95,7 +96,7 @@ def peer_infos(options: LabOptions) -> list[PeerInfo]:
                 implementation=IMPLEMENTATIONS.get(kind, kind),
                 version=version,
                 under_test=True,
-                address=options.target if kind == "external" else None,
+                address=_external_address(options) if kind == "external" else None,
             )
         )
     infos.append(
@@ -109,16 +110,47 @@ def peer_infos(options: LabOptions) -> list[PeerInfo]:
     return infos
 
 
+def _external_address(options: LabOptions) -> str | None:
+    """The external device's address for the report: ``--target``, else the peer file's."""
+    if options.target or not options.peer_file:
+        return options.target
+    try:
+        import yaml
+
+        data = yaml.safe_load(Path(options.peer_file).read_text())
+        return str(data["address"])
+    except Exception:
+        return None
+
+
 class Bench:
     """One peer under test and the tester on a topology of their own (nodes "put" and
     "tester"), started lazily. Peers under test of different kinds never share a node: each
-    needs the standard IKE ports and its own data plane."""
+    needs the standard IKE ports and its own data plane.
+
+    ``external``: the PUT is a device the harness did not start (``ExternalPeer``, from the
+    peer file); the tester runs on the ``host`` topology, where node "put" is only the
+    device's address (``harness.peers.external``, ``harness.topology.host``)."""
 
     def __init__(self, lab: Lab, kind: str) -> None:
         self.lab = lab
         self.kind = kind
         self._topology: Topology | None = None
         self.peers: dict[str, Peer] = {}
+        self._device: DeviceDeclaration | None = None
+
+    @property
+    def device(self) -> DeviceDeclaration:
+        """The external device's declaration (``--peer-file``, ``--target``)."""
+        if self._device is None:
+            from harness.peers.base import NotApplicable
+            from harness.peers.external import DeviceDeclaration
+
+            opts = self.lab.options
+            if not opts.peer_file:
+                raise NotApplicable(["external: needs --peer-file (the device's declaration)"])
+            self._device = DeviceDeclaration.load(Path(opts.peer_file), address=opts.target)
+        return self._device
 
     @property
     def topology(self) -> Topology:
@@ -132,9 +164,13 @@ class Bench:
             # has nodes "put" and "tester".
             run = Run()
             self.lab.stack.callback(run.close)
-            self._topology = self.lab.stack.enter_context(
-                open_topology(self.lab.options.topology, spec, artifacts=artifacts, run=run)
-            )
+            if self.kind == "external":
+                from harness.peers.external import device_topology
+
+                topo: Topology = device_topology(self.device, spec, artifacts=artifacts, run=run)
+            else:
+                topo = open_topology(self.lab.options.topology, spec, artifacts=artifacts, run=run)
+            self._topology = self.lab.stack.enter_context(topo)
         return self._topology
 
     @property
@@ -162,8 +198,16 @@ class Bench:
             avail = cls.availability()
             if not avail.available:
                 raise NotApplicable([f"{kind}: {avail.detail}"])
-            node = None if kind == "external" else self.topology.node(node_name)
-            peer = cls(node)
+            if kind == "external":
+                from harness.peers.external import ExternalPeer
+
+                peer = ExternalPeer(self.device)
+            elif self.kind == "external":
+                from harness.peers.external import tester_peer
+
+                peer = tester_peer(self.topology.node(node_name))
+            else:
+                peer = cls(self.topology.node(node_name))
             peer.start()
             self.lab.stack.callback(peer.stop)
             if node_name == PUT_NODE and kind == "reference":
@@ -239,6 +283,15 @@ class CaseContext:
 
         if self.peer_name in NEEDS_NODE and self.lab.options.topology == "local":
             raise NotApplicable([f"{self.peer_name}: {NEEDS_NODE[self.peer_name]}"])
+        if self.peer_name == "external":
+            # The device's own declaration decides; it never initiates for the harness.
+            from harness.peers.base import INITIATE
+            from harness.peers.external import ExternalPeer
+
+            put = self.put
+            assert isinstance(put, ExternalPeer)
+            put.check((*self.info.needs, *((INITIATE,) if self.put_initiates else ())))
+            return
         if not self.info.needs:
             return
         try:
@@ -254,6 +307,12 @@ class CaseContext:
         from harness.peers.base import Scenario
 
         topo = self.topology
+        if self.peer_name == "external":  # as the device is configured, where it can be
+            from harness.peers.external import ExternalPeer
+
+            put = self.put
+            assert isinstance(put, ExternalPeer)
+            return put.scenario_for(topo.node(TESTER_NODE), **kwargs)
         scenario = Scenario.between(topo.node(PUT_NODE), topo.node(TESTER_NODE), **kwargs)
         self.put.capabilities().require((), scenario)
         return scenario
@@ -285,7 +344,7 @@ class CaseContext:
 
     def clear_sas(self, timeout: float = 5.0) -> None:
         """No IKE SA left at either end (each case negotiates its own)."""
-        from harness.peers.base import PeerError, wait_for_sa
+        from harness.peers.base import NotApplicable, PeerError, wait_for_sa
 
         tester, put = self.tester, self.put
         try:
@@ -297,7 +356,7 @@ class CaseContext:
             if any(sa.established for sa in put.list_sas()) and put.scenario is not None:
                 put.terminate(timeout=timeout)
             wait_for_sa(put, lambda sas: not sas, timeout, "no IKE SA left")
-        except PeerError:
+        except (PeerError, NotApplicable):  # NotApplicable: its SAs cannot be listed
             pass
 
     # -- recording ----------------------------------------------------------------------------
@@ -316,6 +375,8 @@ class CaseContext:
                  "--role", self.role.value, "--topology", opts.topology]  # fmt: skip
         if opts.target:
             parts += ["--target", opts.target]
+        if opts.peer_file and self.peer_name == "external":
+            parts += ["--peer-file", opts.peer_file]
         return " ".join(parts)
 
     def mark_logs(self) -> None:

@@ -12,7 +12,7 @@ import click
 
 from harness.exitcodes import EXIT_CODES_HELP, ExitCode
 
-TOPOLOGIES = ("local", "netns", "docker")
+TOPOLOGIES = ("local", "netns", "docker", "host")
 
 
 def register(cli: click.Group) -> None:
@@ -41,18 +41,22 @@ def register(cli: click.Group) -> None:
 @click.option(
     "--topology",
     type=click.Choice(TOPOLOGIES),
-    default="local",
-    show_default=True,
-    help="Where the peers run: processes on loopback, network namespaces (root), Docker.",
+    default=None,
+    help="Where the peers run: processes on loopback (local, the default), network "
+    "namespaces (netns, root), Docker; host: the tester on this host, facing an external "
+    "device (the default and only choice with --peer external).",
 )
 @click.option(
-    "--target", default=None, help="Address of an external device (with --peer external)."
+    "--target",
+    default=None,
+    help="Address of an external device (with --peer external; overrides the peer file's).",
 )
 @click.option(
     "--peer-file",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="YAML description of the external device (credentials, capabilities).",
+    help="YAML declaration of the external device (identity, PSK variable, subnets, "
+    "proposals, features); see docs/external-device.md.",
 )
 @click.option("--strict", is_flag=True, help="A SHOULD that is not met fails the run.")
 @click.option(
@@ -97,7 +101,7 @@ def run(
     cases: tuple[str, ...],
     peers: tuple[str, ...],
     roles: tuple[str, ...],
-    topology: str,
+    topology: str | None,
     target: str | None,
     peer_file: str | None,
     strict: bool,
@@ -128,8 +132,7 @@ def run(
         if p not in ADAPTERS:
             raise click.UsageError(f"unknown peer {p!r}; peers are: {', '.join(ADAPTERS)}")
     workers = _workers(jobs)
-    if "external" in peers and not target:
-        raise click.UsageError("--peer external needs --target ADDRESS")
+    topology = _external_checks(peers, topology, target, peer_file, workers)
     selected = [c for c in all_cases if case_selected(c, list(cases), set(suites))]
     if not selected:
         click.echo("No case matches the selection.", err=True)
@@ -177,6 +180,59 @@ def run(
 
     status = pytest.main(args)
     sys.exit(_finish(int(status), reports, baseline))
+
+
+def _external_checks(
+    peers: tuple[str, ...],
+    topology: str | None,
+    target: str | None,
+    peer_file: str | None,
+    workers: int,
+) -> str:
+    """Validate the options of an external device (usage errors, exit 2; an environment
+    that cannot reach it: exit 3) and return the topology to use."""
+    if "external" not in peers:
+        if topology == "host":
+            raise click.UsageError("--topology host is for --peer external (a device elsewhere)")
+        for name, value in (("--target", target), ("--peer-file", peer_file)):
+            if value:
+                raise click.UsageError(f"{name} is for --peer external")
+        return topology or "local"
+    if len(peers) > 1:
+        raise click.UsageError("--peer external runs alone (its tester is this host)")
+    if topology not in (None, "host"):
+        raise click.UsageError(
+            f"--peer external runs on --topology host (the device is not in a {topology} topology)"
+        )
+    if not peer_file:
+        raise click.UsageError(
+            "--peer external needs --peer-file FILE: the device's declaration (identity, "
+            "PSK variable, subnets, proposals, features; see docs/external-device.md)"
+        )
+    if workers > 1:
+        raise click.UsageError("--peer external runs with one job (one tester on UDP 500/4500)")
+    from harness.peers.external import DeclarationError, DeviceDeclaration
+    from harness.topology.base import TopologyError
+    from harness.topology.host import HostTopology, check_udp_free, route_to
+
+    try:
+        device = DeviceDeclaration.load(Path(peer_file), address=target)
+    except DeclarationError as exc:
+        raise click.UsageError(str(exc)) from None
+    ports = (device.tester.ike_port, device.tester.natt_port)
+    ok, why = HostTopology.available_for(*ports)
+    problem = None if ok else why
+    if problem is None:
+        try:
+            _dev, src = route_to(device.address)
+            for port in ports:
+                check_udp_free(device.tester.address or src, port)
+        except TopologyError as exc:
+            problem = str(exc)
+    if problem is not None:
+        click.echo(f"Error: the device at {device.address}: {problem}", err=True)
+        sys.exit(ExitCode.ENVIRONMENT_ERROR)
+    return "host"
 
 
 def _workers(jobs: str) -> int:

@@ -7,46 +7,77 @@ initiate, rekey or delete, list its SAs or read its keys: cases that need any of
 "not applicable", with the reason. Cases where the harness's own end drives (the device as
 responder) and judges from the wire and from our own node are what it can run.
 
-A declaration is a small YAML/JSON mapping::
+A declaration is a small YAML/JSON mapping (``ipsec-interop run --peer external --peer-file
+device.yaml [--target ADDRESS]``; ``--target`` supplies or overrides ``address``)::
 
-    address: 203.0.113.10
-    identity: vpn.example.com        # default: the address
+    address: 198.51.100.10           # IPv4
+    identity: vpn.example.com        # the device's IKE identity; default: its address
     ike_versions: [2]
-    auth: psk                        # or pubkey
+    auth: psk                        # only PSK so far
     psk_env: DEVICE_PSK              # the PSK comes from this environment variable
-    subnets: [10.20.0.0/24]          # what the device protects
+    subnets: [10.20.0.0/24]          # what the device protects (its local traffic selectors)
+    inner_address: 10.20.0.1         # a host there that answers ping (default: in subnets)
+    mode: tunnel                     # or transport
     ike_proposals: ["AES_GCM_16_256/PRF_HMAC_SHA2_256/ECP_256"]
     esp_proposals: ["AES_GCM_16_256"]
-    features: [nat_t, esn, mode.tunnel, esp, child_sa, ike_fragmentation, dpd]
+    features: [nat_t, mode.tunnel, esp, child_sa, ike_fragmentation, dpd]
+    ike_port: 500                    # where the device listens
+    natt_port: 4500
+    tester:                          # our end, as the device is configured for its peer
+      identity: 198.51.100.20        # default: our address
+      subnets: [10.30.0.1/32]        # the device's remote traffic selectors; default: our
+                                     #   address/32
+      address: 198.51.100.20         # default: the source of the route to the device
+      ike_port: 500                  # our IKE ports (below 1024: root)
+      natt_port: 4500
+
+The tester (our reference node) runs on the ``host`` topology (:mod:`harness.topology.host`)
+with its ``api`` data plane: IKE and ESP in UDP go on the wire from its own sockets; it
+installs no TUN device, route or rule on the host. So its ESP is always UDP-encapsulated
+(``force_encap``; the device must declare ``nat_t`` to carry traffic): ESP as IP protocol 50
+would need the ``tun`` data plane, which this adapter does not use on a user's host.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.peers import algorithms
 from harness.peers.base import (
     ALL_FEATURES,
-    CHILD_SA,
+    ESP_DEFAULT,
+    FRAGMENTATION,
+    IKE_DEFAULT,
     INITIATE,
     KEYS,
     LIST_SAS,
+    NAT_T,
     PSK,
     RECONFIGURE,
     REKEY,
     Availability,
     Capabilities,
+    Endpoint,
     IkeSaState,
     NotApplicable,
     Peer,
     Proposal,
     SaKeys,
     Scenario,
+    ts_str,
 )
+
+if TYPE_CHECKING:
+    from harness.peers.reference import ReferencePeer
+    from harness.topology.base import Node, TopologySpec
+    from harness.topology.host import HostTopology
+    from harness.topology.run import Run
 
 _NEVER = {
     RECONFIGURE: "an external device keeps the configuration it has; the harness cannot load one",
@@ -55,6 +86,102 @@ _NEVER = {
     KEYS: "the keys of an external device cannot be read",
     LIST_SAS: "the SAs of an external device cannot be listed",
 }
+
+DEVICE_NODE = "put"
+TESTER_NODE = "tester"
+
+_KEYS = {
+    "address", "identity", "ike_versions", "auth", "psk", "psk_env", "subnets",
+    "inner_address", "mode", "ike_proposals", "esp_proposals", "features", "ike_port",
+    "natt_port", "tester",
+}  # fmt: skip
+_TESTER_KEYS = {"identity", "subnets", "address", "ike_port", "natt_port"}
+
+
+class DeclarationError(ValueError):
+    """The device's declaration (peer file) is wrong; the message says what to fix."""
+
+
+def _ipv4(value: object, what: str) -> str:
+    try:
+        addr = ipaddress.ip_address(str(value))
+    except ValueError:
+        raise DeclarationError(f"{what}: {value!r} is not an IP address") from None
+    if addr.version != 4:
+        raise DeclarationError(f"{what}: {value}: only IPv4 devices are supported so far")
+    return str(addr)
+
+
+def _subnets(value: object, what: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise DeclarationError(f"{what}: a list of prefixes, e.g. [10.20.0.0/24]")
+    out = []
+    for s in value:
+        try:
+            out.append(str(ipaddress.ip_network(str(s), strict=False)))
+        except ValueError:
+            raise DeclarationError(f"{what}: {s!r} is not a prefix") from None
+    return tuple(out)
+
+
+def _port(value: object, what: str) -> int:
+    try:
+        port = int(str(value))
+    except ValueError:
+        raise DeclarationError(f"{what}: {value!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise DeclarationError(f"{what}: {port} is not a port number (1..65535)")
+    return port
+
+
+def _proposals(value: object, what: str) -> tuple[Proposal, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise DeclarationError(f"{what}: a list of proposals, e.g. [AES_GCM_16_256/...]")
+    out = []
+    for i, text in enumerate(value):
+        try:
+            out.append(Proposal.parse(str(text)))
+        except (ValueError, KeyError) as exc:
+            raise DeclarationError(f"{what}[{i}] {text!r}: {exc}") from None
+    return tuple(out)
+
+
+def _host_in(subnets: tuple[str, ...]) -> str | None:
+    """A host address in the first subnet (the address itself for a /32)."""
+    if not subnets:
+        return None
+    net = ipaddress.ip_network(subnets[0])
+    return str(net.network_address if net.num_addresses <= 2 else net.network_address + 1)
+
+
+@dataclass(frozen=True)
+class TesterDeclaration:
+    """Our end as the device is configured for its peer."""
+
+    identity: str | None = None
+    subnets: tuple[str, ...] = ()
+    address: str | None = None
+    ike_port: int = 500
+    natt_port: int = 4500
+
+    @classmethod
+    def from_mapping(cls, data: object) -> TesterDeclaration:
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise DeclarationError("tester: a mapping (identity, subnets, address, ports)")
+        unknown = set(data) - _TESTER_KEYS
+        if unknown:
+            raise DeclarationError(
+                f"tester: unknown keys {sorted(unknown)}; known: {sorted(_TESTER_KEYS)}"
+            )
+        return cls(
+            identity=str(data["identity"]) if "identity" in data else None,
+            subnets=_subnets(data["subnets"], "tester.subnets") if "subnets" in data else (),
+            address=_ipv4(data["address"], "tester.address") if "address" in data else None,
+            ike_port=_port(data.get("ike_port", 500), "tester.ike_port"),
+            natt_port=_port(data.get("natt_port", 4500), "tester.natt_port"),
+        )
 
 
 @dataclass(frozen=True)
@@ -65,47 +192,138 @@ class DeviceDeclaration:
     identity: str = ""
     ike_versions: tuple[int, ...] = (2,)
     auth: str = "psk"
-    psk: str = ""
+    psk: str = field(default="", repr=False)
     subnets: tuple[str, ...] = ()
     ike_proposals: tuple[Proposal, ...] = ()
     esp_proposals: tuple[Proposal, ...] = ()
     features: frozenset[str] = field(default_factory=frozenset)
     ike_port: int = 500
     natt_port: int = 4500
+    mode: str = "tunnel"
+    inner_address: str | None = None
+    tester: TesterDeclaration = field(default_factory=TesterDeclaration)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> DeviceDeclaration:
-        if "address" not in data:
-            raise ValueError("an external device declaration needs an 'address'")
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, address: str | None = None
+    ) -> DeviceDeclaration:
+        """Validate a declaration; ``address`` (``--target``) supplies or overrides its
+        ``address``. :class:`DeclarationError` names the first problem."""
+        if not isinstance(data, Mapping):
+            raise DeclarationError("a device declaration is a mapping (address, identity, ...)")
+        unknown = set(data) - _KEYS
+        if unknown:
+            raise DeclarationError(f"unknown keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+        features = frozenset(str(f) for f in data.get("features", ()))
+        bad = features - set(ALL_FEATURES)
+        if bad:
+            raise DeclarationError(f"unknown features {sorted(bad)}; known: {list(ALL_FEATURES)}")
+        if address is None and "address" not in data:
+            raise DeclarationError(
+                "an external device declaration needs an 'address' (or give --target ADDRESS)"
+            )
+        addr = _ipv4(address if address is not None else data["address"], "address")
+        auth = str(data.get("auth", "psk"))
+        if auth != "psk":
+            raise DeclarationError(
+                f"auth {auth!r}: only psk is supported for external devices so far"
+            )
         psk = str(data.get("psk", ""))
         if "psk_env" in data:
-            psk = os.environ.get(str(data["psk_env"]), "")
+            var = str(data["psk_env"])
+            psk = os.environ.get(var, "")
             if not psk:
-                raise ValueError(f"environment variable {data['psk_env']} (the PSK) is not set")
-        features = frozenset(str(f) for f in data.get("features", ()))
-        unknown = features - set(ALL_FEATURES)
-        if unknown:
-            raise ValueError(f"unknown features {sorted(unknown)}; known: {list(ALL_FEATURES)}")
-        versions = tuple(int(v) for v in data.get("ike_versions", (2,)))
+                raise DeclarationError(f"environment variable {var} (the PSK) is not set")
+        elif not psk:
+            raise DeclarationError(
+                "auth psk needs 'psk_env': the environment variable that holds the PSK"
+            )
+        versions = tuple(sorted({int(v) for v in data.get("ike_versions", (2,))}))
+        if not versions or set(versions) - {1, 2}:
+            raise DeclarationError(f"ike_versions: {list(versions)} (1, 2 or both)")
+        mode = str(data.get("mode", "tunnel"))
+        if mode not in ("tunnel", "transport"):
+            raise DeclarationError(f"mode: {mode!r} (tunnel or transport)")
+        subnets = _subnets(data["subnets"], "subnets") if "subnets" in data else ()
+        inner = data.get("inner_address")
         return cls(
-            address=str(data["address"]),
-            identity=str(data.get("identity", data["address"])),
+            address=addr,
+            identity=str(data.get("identity", addr)),
             ike_versions=versions,
-            auth=str(data.get("auth", "psk")),
+            auth=auth,
             psk=psk,
-            subnets=tuple(str(s) for s in data.get("subnets", ())),
-            ike_proposals=tuple(Proposal.parse(p) for p in data.get("ike_proposals", ())),
-            esp_proposals=tuple(Proposal.parse(p) for p in data.get("esp_proposals", ())),
+            subnets=subnets,
+            ike_proposals=_proposals(data.get("ike_proposals", []), "ike_proposals"),
+            esp_proposals=_proposals(data.get("esp_proposals", []), "esp_proposals"),
             features=features,
-            ike_port=int(data.get("ike_port", 500)),
-            natt_port=int(data.get("natt_port", 4500)),
+            ike_port=_port(data.get("ike_port", 500), "ike_port"),
+            natt_port=_port(data.get("natt_port", 4500), "natt_port"),
+            mode=mode,
+            inner_address=_ipv4(inner, "inner_address") if inner is not None else None,
+            tester=TesterDeclaration.from_mapping(data.get("tester")),
         )
 
     @classmethod
-    def load(cls, path: Path) -> DeviceDeclaration:
+    def load(cls, path: Path, *, address: str | None = None) -> DeviceDeclaration:
         import yaml
 
-        return cls.from_mapping(yaml.safe_load(path.read_text()) or {})
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise DeclarationError(f"{path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise DeclarationError(f"{path}: not YAML: {exc}") from None
+        try:
+            return cls.from_mapping(data or {}, address=address)
+        except DeclarationError as exc:
+            raise DeclarationError(f"{path}: {exc}") from None
+
+    # -- where the device is, where our end is -------------------------------------------------
+
+    def host_target(self) -> Any:
+        """The :class:`harness.topology.host.HostTarget` for this device."""
+        from harness.topology.host import HostTarget
+
+        t = self.tester
+        return HostTarget(
+            address=self.address,
+            ike_port=self.ike_port,
+            natt_port=self.natt_port,
+            inner=self.inner_address or _host_in(self.subnets),
+            local_address=t.address,
+            local_ike_port=t.ike_port,
+            local_natt_port=t.natt_port,
+            local_inner=_host_in(t.subnets),
+            device_node=DEVICE_NODE,
+        )
+
+
+def device_topology(
+    device: DeviceDeclaration, spec: TopologySpec, *, artifacts: Path | None, run: Run | None
+) -> HostTopology:
+    """The ``host`` topology for this device (not started; use it as a context manager)."""
+    from harness.topology.base import Unsupported
+    from harness.topology.host import HostTopology
+
+    ok, why = HostTopology.available_for(device.tester.ike_port, device.tester.natt_port)
+    if not ok:
+        raise Unsupported("host", why)
+    return HostTopology(spec, artifacts=artifacts, run=run, target=device.host_target())
+
+
+def tester_peer(node: Node) -> ReferencePeer:
+    """Our reference node as the device's peer, on the host topology: ``api`` data plane and
+    no clear link (nothing but IKE and ESP in UDP leaves it; a packet that would have to go
+    as raw IP is dropped and counted)."""
+    from harness.peers.reference import ReferencePeer
+
+    # The adapter allocates clear-link ports through this registry; port 0 = no clear link
+    # (and no attempt to bind a port on the device's address).
+    registry = node.topology.workdir / "reference-clear-links.json"
+    registry.write_text(json.dumps({DEVICE_NODE: 0, TESTER_NODE: 0}))
+    return ReferencePeer(
+        node, dataplane="api", extra={"dataplane": {"clear_port": 0, "clear_peers": {}}}
+    )
 
 
 class ExternalPeer(Peer):
@@ -114,6 +332,12 @@ class ExternalPeer(Peer):
     def __init__(self, device: DeviceDeclaration) -> None:
         super().__init__(None)
         self.device = device
+        self._base: Scenario | None = None
+        """The declared scenario of the last :meth:`scenario_for`."""
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, address: str | None = None) -> ExternalPeer:
+        return cls(DeviceDeclaration.load(Path(path), address=address))
 
     @classmethod
     def availability(cls) -> Availability:
@@ -141,6 +365,7 @@ class ExternalPeer(Peer):
         ike = {t for p in d.ike_proposals for t in p.transforms()}
         esp = {t for p in d.esp_proposals for t in (*p.encr, *p.integ)}
         pfs = {t for p in d.esp_proposals for t in p.groups}
+        undeclared = "not declared by the device (its peer file's 'features')"
         return Capabilities(
             features=frozenset(features),
             algorithms={
@@ -149,7 +374,7 @@ class ExternalPeer(Peer):
                 "ah": frozenset(),
                 "pfs": frozenset(pfs),
             },
-            missing={**_NEVER, CHILD_SA: "not declared by the device"},
+            missing={**{f: undeclared for f in ALL_FEATURES}, **_NEVER},
             notes=(f"declared device at {d.address}",),
         )
 
@@ -168,6 +393,154 @@ class ExternalPeer(Peer):
         if reasons:
             raise NotApplicable(reasons)
 
+    # -- the scenario as the device is configured ------------------------------------------------
+
+    def declared_scenario(self, tester: Node) -> Scenario:
+        """The device's configuration as a scenario between it (node ``put``) and our
+        ``tester`` node: its identities, subnets, proposals, mode and PSK."""
+        ours = tester.addresses
+        return self._declared(tester.name, ours.v4, ours.ike_port, ours.natt_port, ours.inner_v4)
+
+    def _declared(
+        self, name: str, address: str, ike_port: int, natt_port: int, inner: str
+    ) -> Scenario:
+        d, t = self.device, self.device.tester
+        device = Endpoint(
+            node=DEVICE_NODE,
+            address=d.address,
+            identity=d.identity,
+            subnets=d.subnets or (f"{d.address}/32",),
+            ike_port=d.ike_port,
+            natt_port=d.natt_port,
+        )
+        tester_end = Endpoint(
+            node=name,
+            address=address,
+            identity=t.identity or address,
+            subnets=t.subnets or (f"{inner}/32",),
+            ike_port=ike_port,
+            natt_port=natt_port,
+        )
+        return Scenario(
+            (device, tester_end),
+            ike_version=2 if 2 in d.ike_versions else 1,
+            ike_proposals=d.ike_proposals or (IKE_DEFAULT,),
+            esp_proposals=d.esp_proposals or (ESP_DEFAULT,),
+            auth="psk",
+            psk=d.psk,
+            mode="transport" if d.mode == "transport" else "tunnel",
+            # Our api data plane sends ESP in UDP only (module docstring).
+            force_encap=True,
+        )
+
+    def scenario_for(self, tester: Node, **changes: Any) -> Scenario:
+        """The declared scenario with a case's ``changes`` where the device, as declared,
+        takes them; :class:`NotApplicable` (reconfigure) naming each change it cannot."""
+        family = int(changes.pop("family", 4))
+        base = self.declared_scenario(tester)
+        reasons = []
+        if family != 4:
+            reasons.append(
+                f"ipv6: the device is declared at an IPv4 address ({self.device.address})"
+            )
+        known = {f.name for f in fields(Scenario)}
+        accepted: dict[str, Any] = {}
+        for key, value in changes.items():
+            if key not in known:
+                raise TypeError(f"Scenario has no field {key!r}")
+            why = self._why_not(base, key, value)
+            if why is None:
+                accepted[key] = value
+            else:
+                reasons.append(f"{RECONFIGURE}: the case needs {why} ({_NEVER[RECONFIGURE]})")
+        if reasons:
+            raise NotApplicable(reasons)
+        self._base = base
+        scenario = base.with_(**accepted)
+        self.check(scenario=scenario)
+        return scenario
+
+    def differences(self, scenario: Scenario) -> list[str]:
+        """Why the device, configured as declared, is not configured with ``scenario``
+        (empty: it is). Cases that change identities, subnets, PSK, proposals, mode... of a
+        scenario would need the device reconfigured."""
+        reasons: list[str] = []
+        mine = [e for e in scenario.endpoints if e.node == DEVICE_NODE]
+        others = [e for e in scenario.endpoints if e.node != DEVICE_NODE]
+        if len(mine) != 1 or len(others) != 1:
+            return [f"the scenario does not involve the device (node {DEVICE_NODE!r})"]
+        dev, peer = mine[0], others[0]
+        base = self._base
+        if base is None or base.remote(DEVICE_NODE).node != peer.node:
+            inner = (
+                str(ipaddress.ip_network(peer.subnets[0]).network_address)
+                if peer.subnets
+                else peer.address
+            )
+            base = self._declared(peer.node, peer.address, peer.ike_port, peer.natt_port, inner)
+        want_dev, want_peer = base.local(DEVICE_NODE), base.remote(DEVICE_NODE)
+        for whose, got, want, names in (
+            ("device's", dev, want_dev, ("address", "identity", "subnets", "ike_port",
+                                         "natt_port", "cert", "key")),
+            ("device's peer", peer, want_peer, ("address", "identity", "subnets")),
+        ):  # fmt: skip
+            for name in names:
+                value, declared = getattr(got, name), getattr(want, name)
+                if name == "subnets":
+                    value, declared = set(ts_str(value)), set(ts_str(declared))
+                if value != declared:
+                    reasons.append(
+                        f"{RECONFIGURE}: the case needs the {whose} {name} {_show(value)}; it "
+                        f"is declared with {_show(declared)} ({_NEVER[RECONFIGURE]})"
+                    )
+        for f in fields(Scenario):
+            if f.name == "endpoints":
+                continue
+            value = getattr(scenario, f.name)
+            if value == getattr(base, f.name):
+                continue
+            why = self._why_not(base, f.name, value)
+            if why is not None:
+                reasons.append(f"{RECONFIGURE}: the case needs {why} ({_NEVER[RECONFIGURE]})")
+        return reasons
+
+    def _why_not(self, base: Scenario, key: str, value: Any) -> str | None:
+        """Why the device, as declared, does not take ``key=value`` (None: it does)."""
+        d = self.device
+        declared = getattr(base, key)
+        if key in ("name", "child_name", "retransmit"):
+            return None  # only our end's business
+        if key in ("ike_proposals", "esp_proposals"):
+            listed = d.ike_proposals if key == "ike_proposals" else d.esp_proposals
+            if not listed:
+                return None  # not declared: the device's capabilities decide (check())
+            # Exactly the declared set: a device configured with more would accept offers the
+            # case expects to be refused, one with fewer would refuse offers it expects taken.
+            if set(value) != set(listed):
+                return f"{key} {[str(p) for p in value]}; it is declared with " + str(
+                    [str(p) for p in listed]
+                )
+            return None
+        if key == "ike_version":
+            return None if value in d.ike_versions else f"IKEv{value}; it declares {d.ike_versions}"
+        if key == "fragmentation":
+            if value is None or (value and FRAGMENTATION in d.features):
+                return None
+            return f"fragmentation={value}; the device declares {FRAGMENTATION}: " + (
+                "yes" if FRAGMENTATION in d.features else "no"
+            )
+        if key == "force_encap":
+            if value:
+                return None if NAT_T in d.features else f"force_encap; it does not declare {NAT_T}"
+            return "ESP without UDP encapsulation; the tester's api data plane sends ESP in UDP"
+        if value == declared:
+            return None
+        if key == "psk":
+            return "another PSK than the device's"
+        return f"{key}={value!r}; it is declared with {declared!r}"
+
+    # -- life cycle: nothing to drive ------------------------------------------------------------
+
     def start(self) -> None:
         """Nothing to start: the device runs on its own."""
 
@@ -175,7 +548,11 @@ class ExternalPeer(Peer):
         """Nothing to stop."""
 
     def configure(self, scenario: Scenario) -> None:
-        """Only records the scenario after checking the device can take part as declared."""
+        """Nothing is loaded: checks that the device, as declared, is configured with
+        ``scenario`` (else "not applicable": it would need reconfiguring) and records it."""
+        reasons = self.differences(scenario)
+        if reasons:
+            raise NotApplicable(reasons)
         self.check(scenario=scenario)
         self.scenario = scenario
 
@@ -199,6 +576,12 @@ class ExternalPeer(Peer):
 
     def keys(self) -> SaKeys:
         raise self._refuse(KEYS)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, set):
+        return str(sorted(value))
+    return repr(value)
 
 
 def _ike_rest() -> frozenset[str]:

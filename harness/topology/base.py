@@ -41,6 +41,7 @@ BACKENDS: dict[str, str] = {
     "local": "harness.topology.local:LocalTopology",
     "netns": "harness.topology.netns:NetnsTopology",
     "docker": "harness.topology.docker:DockerTopology",
+    "host": "harness.topology.host:HostTopology",
 }
 """Backend name -> ``module:class``, imported only when chosen."""
 

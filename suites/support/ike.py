@@ -146,12 +146,14 @@ def node_logical_port(node: Any, port: int) -> int:
 
 
 def require_scriptable(ctx: CaseContext) -> None:
-    """The scripted peer needs sockets on the tester's address: ``local`` or ``netns``."""
+    """The scripted peer needs sockets on the tester's address: ``local``, ``netns`` or
+    ``host`` (an external device)."""
     backend = ctx.topology.backend
-    if backend not in ("local", "netns"):
+    if backend not in ("local", "netns", "host"):
         raise NotApplicable(
-            [f"topology {backend}: the scripted IKE peer runs on the local and netns topologies"]
-        )
+            [f"topology {backend}: the scripted IKE peer runs on the local, netns and host "
+             "topologies"]
+        )  # fmt: skip
 
 
 def require_put_initiation(ctx: CaseContext) -> None:

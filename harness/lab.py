@@ -205,7 +205,7 @@ class Bench:
             elif self.kind == "external":
                 from harness.peers.external import tester_peer
 
-                peer = tester_peer(self.topology.node(node_name))
+                peer = tester_peer(self.topology.node(node_name), self.put)
             else:
                 peer = cls(self.topology.node(node_name))
             peer.start()

@@ -311,19 +311,24 @@ def device_topology(
     return HostTopology(spec, artifacts=artifacts, run=run, target=device.host_target())
 
 
-def tester_peer(node: Node) -> ReferencePeer:
+def tester_peer(node: Node, device: Peer | None = None) -> ReferencePeer:
     """Our reference node as the device's peer, on the host topology: ``api`` data plane and
     no clear link (nothing but IKE and ESP in UDP leaves it; a packet that would have to go
-    as raw IP is dropped and counted)."""
+    as raw IP is dropped and counted). With ``device`` (an :class:`ExternalPeer`) it is
+    configured with the device's declared scenario, so that it starts once with the
+    addresses and ports the cases use (``start()`` is then a no-op)."""
     from harness.peers.reference import ReferencePeer
 
     # The adapter allocates clear-link ports through this registry; port 0 = no clear link
     # (and no attempt to bind a port on the device's address).
     registry = node.topology.workdir / "reference-clear-links.json"
     registry.write_text(json.dumps({DEVICE_NODE: 0, TESTER_NODE: 0}))
-    return ReferencePeer(
+    peer = ReferencePeer(
         node, dataplane="api", extra={"dataplane": {"clear_port": 0, "clear_peers": {}}}
     )
+    if isinstance(device, ExternalPeer):
+        peer.configure(device.declared_scenario(node))
+    return peer
 
 
 class ExternalPeer(Peer):

@@ -23,6 +23,7 @@ device.yaml [--target ADDRESS]``; ``--target`` supplies or overrides ``address``
     features: [nat_t, mode.tunnel, esp, child_sa, ike_fragmentation, dpd]
     ike_port: 500                    # where the device listens
     natt_port: 4500
+    replay_window: 64                # its anti-replay window (packets); default: not declared
     tester:                          # our end, as the device is configured for its peer
       identity: 198.51.100.20        # default: our address
       subnets: [10.30.0.1/32]        # the device's remote traffic selectors; default: our
@@ -57,8 +58,8 @@ from harness.peers.base import (
     INITIATE,
     KEYS,
     LIST_SAS,
-    NAT_T,
     PSK,
+    RAW_ESP,
     RECONFIGURE,
     REKEY,
     Availability,
@@ -87,13 +88,17 @@ _NEVER = {
     LIST_SAS: "the SAs of an external device cannot be listed",
 }
 
+_RAW_ESP = (
+    "the tester's api data plane sends ESP in UDP only (it installs no TUN device on the host)"
+)
+
 DEVICE_NODE = "put"
 TESTER_NODE = "tester"
 
 _KEYS = {
     "address", "identity", "ike_versions", "auth", "psk", "psk_env", "subnets",
     "inner_address", "mode", "ike_proposals", "esp_proposals", "features", "ike_port",
-    "natt_port", "tester",
+    "natt_port", "tester", "replay_window",
 }  # fmt: skip
 _TESTER_KEYS = {"identity", "subnets", "address", "ike_port", "natt_port"}
 
@@ -202,6 +207,8 @@ class DeviceDeclaration:
     mode: str = "tunnel"
     inner_address: str | None = None
     tester: TesterDeclaration = field(default_factory=TesterDeclaration)
+    replay_window: int | None = None
+    """The anti-replay window of its Child SAs in packets (0: off; None: not declared)."""
 
     @classmethod
     def from_mapping(
@@ -246,6 +253,9 @@ class DeviceDeclaration:
             raise DeclarationError(f"mode: {mode!r} (tunnel or transport)")
         subnets = _subnets(data["subnets"], "subnets") if "subnets" in data else ()
         inner = data.get("inner_address")
+        window = data.get("replay_window")
+        if window is not None and (not isinstance(window, int) or window < 0):
+            raise DeclarationError(f"replay_window: {window!r} (packets, 0 = off)")
         return cls(
             address=addr,
             identity=str(data.get("identity", addr)),
@@ -261,6 +271,7 @@ class DeviceDeclaration:
             mode=mode,
             inner_address=_ipv4(inner, "inner_address") if inner is not None else None,
             tester=TesterDeclaration.from_mapping(data.get("tester")),
+            replay_window=window,
         )
 
     @classmethod
@@ -323,12 +334,24 @@ def tester_peer(node: Node, device: Peer | None = None) -> ReferencePeer:
     # (and no attempt to bind a port on the device's address).
     registry = node.topology.workdir / "reference-clear-links.json"
     registry.write_text(json.dumps({DEVICE_NODE: 0, TESTER_NODE: 0}))
+    # ESP always in UDP (whatever a scenario says): the api data plane has no raw socket.
     peer = ReferencePeer(
-        node, dataplane="api", extra={"dataplane": {"clear_port": 0, "clear_peers": {}}}
+        node,
+        dataplane="api",
+        extra={"dataplane": {"clear_port": 0, "clear_peers": {}}, "ike": {"force_encap": True}},
     )
     if isinstance(device, ExternalPeer):
         peer.configure(device.declared_scenario(node))
     return peer
+
+
+class _PerDevice:
+    """``capabilities``: a class method on the class, the device's manifest on an instance."""
+
+    def __get__(self, obj: ExternalPeer | None, owner: type[ExternalPeer]) -> Any:
+        if obj is None:
+            return owner.generic_capabilities
+        return obj.device_capabilities
 
 
 class ExternalPeer(Peer):
@@ -349,7 +372,7 @@ class ExternalPeer(Peer):
         return Availability(True, "a device at an address, with declared capabilities")
 
     @classmethod
-    def capabilities(cls) -> Capabilities:
+    def generic_capabilities(cls) -> Capabilities:
         """The generic manifest: nothing is claimed until a device declares it."""
         return Capabilities(
             features=frozenset(),
@@ -361,9 +384,15 @@ class ExternalPeer(Peer):
             notes=("capabilities come from the device's declaration",),
         )
 
+    capabilities = _PerDevice()
+    """``ExternalPeer.capabilities()``: the generic manifest (``ipsec-interop peers``);
+    ``peer.capabilities()`` of a device: what its declaration says (suites ask the PUT)."""
+
     def device_capabilities(self) -> Capabilities:
+        """What the device declared, less what the harness can never do with it, less raw
+        ESP (our tester sends ESP in UDP only)."""
         d = self.device
-        features = set(d.features) - set(_NEVER)
+        features = set(d.features) - set(_NEVER) - {RAW_ESP}
         features |= {f"ikev{v}" for v in d.ike_versions}
         if d.auth == "psk":
             features.add(PSK)
@@ -379,7 +408,7 @@ class ExternalPeer(Peer):
                 "ah": frozenset(),
                 "pfs": frozenset(pfs),
             },
-            missing={**{f: undeclared for f in ALL_FEATURES}, **_NEVER},
+            missing={**{f: undeclared for f in ALL_FEATURES}, **_NEVER, RAW_ESP: _RAW_ESP},
             notes=(f"declared device at {d.address}",),
         )
 
@@ -434,6 +463,7 @@ class ExternalPeer(Peer):
             auth="psk",
             psk=d.psk,
             mode="transport" if d.mode == "transport" else "tunnel",
+            replay_window=d.replay_window,
             # Our api data plane sends ESP in UDP only (module docstring).
             force_encap=True,
         )
@@ -455,7 +485,8 @@ class ExternalPeer(Peer):
                 raise TypeError(f"Scenario has no field {key!r}")
             why = self._why_not(base, key, value)
             if why is None:
-                accepted[key] = value
+                if not _keeps_declared(key, value):
+                    accepted[key] = value
             else:
                 reasons.append(f"{RECONFIGURE}: the case needs {why} ({_NEVER[RECONFIGURE]})")
         if reasons:
@@ -528,6 +559,8 @@ class ExternalPeer(Peer):
             return None
         if key == "ike_version":
             return None if value in d.ike_versions else f"IKEv{value}; it declares {d.ike_versions}"
+        if key == "replay_window" and value is None:
+            return None  # "the implementation's default": the device's window stands for it
         if key == "fragmentation":
             if value is None or (value and FRAGMENTATION in d.features):
                 return None
@@ -535,9 +568,9 @@ class ExternalPeer(Peer):
                 "yes" if FRAGMENTATION in d.features else "no"
             )
         if key == "force_encap":
-            if value:
-                return None if NAT_T in d.features else f"force_encap; it does not declare {NAT_T}"
-            return "ESP without UDP encapsulation; the tester's api data plane sends ESP in UDP"
+            # True is what our tester does anyway; False ("not forced") cannot be honoured,
+            # which only matters to a case about raw ESP (RAW_ESP: not applicable).
+            return None
         if value == declared:
             return None
         if key == "psk":
@@ -581,6 +614,12 @@ class ExternalPeer(Peer):
 
     def keys(self) -> SaKeys:
         raise self._refuse(KEYS)
+
+
+def _keeps_declared(key: str, value: object) -> bool:
+    """A case's value the device takes, but which the scenario does not adopt: ESP is always
+    in UDP from our tester; "the default" replay window is the device's own."""
+    return key == "force_encap" or (key == "replay_window" and value is None)
 
 
 def _show(value: object) -> str:

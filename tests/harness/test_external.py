@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from harness.cli import cli
 from harness.exitcodes import ExitCode
-from harness.peers.base import AH, INITIATE, NotApplicable, Proposal, Retransmit
+from harness.peers.base import AH, ESP, INITIATE, RAW_ESP, NotApplicable, Proposal, Retransmit
 from harness.peers.external import DeclarationError, DeviceDeclaration, ExternalPeer
 from harness.topology.base import TopologyError, TopologySpec, Unsupported
 from harness.topology.host import HostTarget, HostTopology, HostUnsupported
@@ -96,6 +96,7 @@ def test_declaration_reads_every_field() -> None:
         ({"ike_versions": [3]}, "ike_versions"),
         ({"tester": {"port": 500}}, r"tester: unknown keys \['port'\]"),
         ({"tester": {"ike_port": 70000}}, "tester.ike_port: 70000 is not a port"),
+        ({"replay_window": -1}, "replay_window: -1"),
     ],
 )
 def test_declaration_errors_name_the_problem(change: dict[str, Any], message: str) -> None:
@@ -162,6 +163,14 @@ def test_declared_scenario_and_what_needs_reconfiguring(host: HostTopology) -> N
     assert "other" not in str(info.value).replace("another", "")
     with pytest.raises(NotApplicable, match="ipv6: the device is declared at an IPv4 address"):
         peer.scenario_for(tester, family=6)
+    # ESP is in UDP from our tester whatever a case asks; a replay window is declared or not
+    assert peer.scenario_for(tester, force_encap=False).force_encap
+    assert peer.scenario_for(tester, replay_window=None).replay_window is None
+    with pytest.raises(NotApplicable, match="needs replay_window=64; it is declared with None"):
+        peer.scenario_for(tester, replay_window=64)
+    windowed = ExternalPeer(DeviceDeclaration.from_mapping(_decl(replay_window=64)))
+    assert windowed.scenario_for(tester, replay_window=None).replay_window == 64
+    assert windowed.scenario_for(tester, replay_window=64).replay_window == 64
     # configure() refuses what a case changed after ctx.scenario(): identities, subnets, PSK
     other_id = sc.with_(endpoints=(replace(dev, identity="@x.example"), me))
     with pytest.raises(NotApplicable, match=r"needs the device's identity '@x\.example'"):
@@ -173,7 +182,14 @@ def test_declared_scenario_and_what_needs_reconfiguring(host: HostTopology) -> N
 
 
 def test_device_capabilities_and_refusals() -> None:
-    peer = ExternalPeer(DeviceDeclaration.from_mapping(_decl()))
+    peer = ExternalPeer(DeviceDeclaration.from_mapping(_decl(features=["esp", "raw_esp"])))
+    # the class's manifest is generic; a device's is what it declared (suites ask ctx.put)
+    assert not ExternalPeer.capabilities().has(ESP)
+    assert peer.capabilities().has(ESP) and peer.capabilities() == peer.device_capabilities()
+    # raw ESP is never applicable: our tester's api data plane sends ESP in UDP only
+    assert not peer.capabilities().has(RAW_ESP)
+    with pytest.raises(NotApplicable, match="raw_esp: the tester's api data plane"):
+        peer.check([RAW_ESP])
     with pytest.raises(NotApplicable, match="initiate: the harness cannot make an external device"):
         peer.check([INITIATE])
     with pytest.raises(NotApplicable, match="ah: not declared by the device"):

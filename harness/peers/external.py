@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.peers import algorithms
 from harness.peers.base import (
+    AH,
     ALL_FEATURES,
     ESP_DEFAULT,
     FRAGMENTATION,
@@ -91,6 +92,7 @@ _NEVER = {
 _RAW_ESP = (
     "the tester's api data plane sends ESP in UDP only (it installs no TUN device on the host)"
 )
+_AH = "AH cannot be UDP-encapsulated, and the tester's api data plane sends nothing as raw IP"
 
 DEVICE_NODE = "put"
 TESTER_NODE = "tester"
@@ -390,9 +392,9 @@ class ExternalPeer(Peer):
 
     def device_capabilities(self) -> Capabilities:
         """What the device declared, less what the harness can never do with it, less raw
-        ESP (our tester sends ESP in UDP only)."""
+        ESP and AH (our tester sends ESP in UDP only)."""
         d = self.device
-        features = set(d.features) - set(_NEVER) - {RAW_ESP}
+        features = set(d.features) - set(_NEVER) - {RAW_ESP, AH}
         features |= {f"ikev{v}" for v in d.ike_versions}
         if d.auth == "psk":
             features.add(PSK)
@@ -408,7 +410,7 @@ class ExternalPeer(Peer):
                 "ah": frozenset(),
                 "pfs": frozenset(pfs),
             },
-            missing={**{f: undeclared for f in ALL_FEATURES}, **_NEVER, RAW_ESP: _RAW_ESP},
+            missing={**{f: undeclared for f in ALL_FEATURES}, **_NEVER, RAW_ESP: _RAW_ESP, AH: _AH},
             notes=(f"declared device at {d.address}",),
         )
 

@@ -21,7 +21,16 @@ from click.testing import CliRunner
 
 from harness.cli import cli
 from harness.exitcodes import ExitCode
-from harness.peers.base import AH, ESP, INITIATE, RAW_ESP, NotApplicable, Proposal, Retransmit
+from harness.peers.base import (
+    AH,
+    ESP,
+    IKEV1,
+    INITIATE,
+    RAW_ESP,
+    NotApplicable,
+    Proposal,
+    Retransmit,
+)
 from harness.peers.external import DeclarationError, DeviceDeclaration, ExternalPeer
 from harness.topology.base import TopologyError, TopologySpec, Unsupported
 from harness.topology.host import HostTarget, HostTopology, HostUnsupported
@@ -190,10 +199,13 @@ def test_device_capabilities_and_refusals() -> None:
     assert not peer.capabilities().has(RAW_ESP)
     with pytest.raises(NotApplicable, match="raw_esp: the tester's api data plane"):
         peer.check([RAW_ESP])
+    ah = ExternalPeer(DeviceDeclaration.from_mapping(_decl(features=["ah"])))
+    with pytest.raises(NotApplicable, match="ah: AH cannot be UDP-encapsulated"):
+        ah.check([AH])
     with pytest.raises(NotApplicable, match="initiate: the harness cannot make an external device"):
         peer.check([INITIATE])
-    with pytest.raises(NotApplicable, match="ah: not declared by the device"):
-        peer.check([AH])
+    with pytest.raises(NotApplicable, match="ikev1: not declared by the device"):
+        peer.check([IKEV1])
     for call, reason in (
         (peer.list_sas, "list_sas: the SAs of an external device cannot be listed"),
         (peer.keys, "keys: the keys of an external device cannot be read"),
@@ -378,7 +390,7 @@ def test_run_through_the_external_bench(demo: Path) -> None:
     assert got[("EXT-004", "R")][0] == "not_applicable"
     assert "the device at 127.0.0.2 is not run by the harness" in got[("EXT-004", "R")][1]
     assert got[("EXT-005", "R")][0] == "not_applicable"
-    assert "ah: not declared by the device" in got[("EXT-005", "R")][1]
+    assert "ah: AH cannot be UDP-encapsulated" in got[("EXT-005", "R")][1]
     assert data["run"]["topology"] == "host"
     ext = next(p for p in data["run"]["peers"] if p["name"] == "external")
     assert ext["address"] == "127.0.0.2"

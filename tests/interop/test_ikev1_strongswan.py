@@ -54,7 +54,7 @@ def test_ikev1_tunnel(
     live.ping_both_ways()
     verdict = live.finish()
 
-    messages = verdict.reference.ike_messages
+    messages = verdict.messages()
     phase1 = "AGGRESSIVE" if aggressive else "IDENTITY_PROTECTION"
     assert [m.exchange for m in messages[:3]] == [phase1] * 3
     assert {m.exchange for m in messages} == {phase1, "QUICK_MODE", "INFORMATIONAL"}

@@ -53,7 +53,7 @@ def test_ikev2_childless_ike_sa(
     verdict = live.finish(expect_flows=False)
     exchanges = verdict.exchanges()
     assert exchanges[:4] == ["IKE_SA_INIT", "IKE_SA_INIT", "IKE_AUTH", "IKE_AUTH"]
-    auth = [m for m in verdict.reference.ike_messages if m.exchange == "IKE_AUTH"]
+    auth = [m for m in verdict.messages() if m.exchange == "IKE_AUTH"]
     assert all("SA" not in " ".join(m.payloads).split() for m in auth)  # childless
     assert verdict.reference.ipsec_sas == []
     if initiator == "reference":
@@ -77,7 +77,7 @@ def test_ikev2_ike_sa_rekey(live: Live, ref: ReferencePeer, peer: LibreswanPeer,
     assert set(ike_sas) == {old.spi_i.hex(), new.spi_i.hex()}
     assert ike_sas[new.spi_i.hex()].parent == old.spi_i.hex()
     assert all(s.verified >= 2 for s in ike_sas.values())
-    rekeys = [m for m in verdict.reference.ike_messages if m.exchange == "CREATE_CHILD_SA"]
+    rekeys = [m for m in verdict.messages() if m.exchange == "CREATE_CHILD_SA"]
     sender = live.a if by == "reference" else live.b
     assert len(rekeys) == 2 and rekeys[0].src.split(":")[0] == sender.addresses.v4
 
@@ -111,7 +111,7 @@ def test_ikev1_main_mode_phase1(
     wait_for_sa(ref, none, 10, "the reference node to delete its ISAKMP SA")
     wait_for_sa(peer, none, 10, "libreswan to delete its ISAKMP SA")
     verdict = live.finish(expect_flows=False, terminate=False)
-    messages = verdict.reference.ike_messages
+    messages = verdict.messages()
     main = [m for m in messages if m.exchange == "IDENTITY_PROTECTION"]
     assert len(main) == 6 and [m.encrypted for m in main] == [False] * 4 + [True] * 2
     starter = live.a if initiator == "reference" else live.b

@@ -76,11 +76,7 @@ def _payloads(m: IkeMessageRecord) -> set[str]:
 def _deletes(live: Live) -> list[IkeMessageRecord]:
     """Delete requests on the wire (IKEv2 DELETE, IKEv1 D payloads)."""
     assert live.verdict is not None
-    return [
-        m
-        for m in live.verdict.reference.ike_messages
-        if not m.response and _payloads(m) & {"DELETE", "D"}
-    ]
+    return [m for m in live.verdict.messages() if not m.response and _payloads(m) & {"DELETE", "D"}]
 
 
 def _esp_with_packets(live: Live) -> set[int]:
@@ -111,9 +107,7 @@ def test_child_sa_rekey(
     verdict = live.finish()
     assert {*first, new_in, new_out} <= _esp_with_packets(live)
     rekey = "CREATE_CHILD_SA" if version == 2 else "QUICK_MODE"
-    with_sa = [
-        m for m in verdict.reference.ike_messages if m.exchange == rekey and "SA" in _payloads(m)
-    ]
+    with_sa = [m for m in verdict.messages() if m.exchange == rekey and "SA" in _payloads(m)]
     assert all("KE" in _payloads(m) for m in with_sa)  # PFS, both ways
     # IKEv2: the rekey's request and response; IKEv1: the first Quick Mode's and the rekey's
     assert len(with_sa) == (2 if version == 2 else 4)

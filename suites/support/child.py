@@ -1527,12 +1527,23 @@ def trigger_child_rekey(ctx: CaseContext, put_inbound_spi: bytes) -> None:
     """Make the PUT start rekeying a Child SA now, without waiting for the outcome
     (reference: its control API; strongSwan: vici ``rekey``)."""
     put = ctx.put
+    spi = int.from_bytes(put_inbound_spi, "big")
+    # the PUT installs the Child SA after it has read our answer: wait for it to be listed
+    wait_for(lambda: spi in {c.spi_in for c in put_children(ctx)}, 2.0)
     if put.kind == "reference":
-        put.client.rekey_child(int.from_bytes(put_inbound_spi, "big"))  # type: ignore[attr-defined]
+        put.client.rekey_child(spi)  # type: ignore[attr-defined]
     elif put.kind == "strongswan":
         sc = put.scenario
         assert sc is not None
-        put.session.rekey({"child": sc.child_name})  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                put.session.rekey({"child": sc.child_name})  # type: ignore[attr-defined]
+                break
+            except Exception as exc:  # vici: "no matching SAs to rekey found" while installing
+                if time.monotonic() >= deadline:
+                    raise PeerError(f"strongSwan: vici rekey: {exc}") from None
+                time.sleep(0.1)  # retry interval of a bounded wait
     else:
         raise NotApplicable([f"{put.kind}: the harness cannot make it rekey a Child SA at once"])
 
@@ -1540,6 +1551,7 @@ def trigger_child_rekey(ctx: CaseContext, put_inbound_spi: bytes) -> None:
 def trigger_ike_rekey(ctx: CaseContext) -> None:
     """Make the PUT start rekeying its IKE SA now (no reauthentication), without waiting."""
     put = ctx.put
+    wait_for(lambda: any(x.established for x in put.list_sas()), 2.0)
     if put.kind == "reference":
         client = put.client  # type: ignore[attr-defined]
         dump = client.list_sas()
@@ -1552,11 +1564,10 @@ def trigger_ike_rekey(ctx: CaseContext) -> None:
         assert sc is not None
         put.session.rekey({"ike": sc.name, "reauth": "no"})  # type: ignore[attr-defined]
     elif put.kind == "libreswan":
-        sc = put.scenario
-        assert sc is not None
         # pluto answers IKE_AUTH before it records the IKE SA as its connection's newest; a
         # rekey asked for in between finds none ("connection does not have IKE SA")
-        wait_for(lambda: any(x.established for x in put.list_sas()), 2.0)
+        sc = put.scenario
+        assert sc is not None
         r = put._whack("--name", sc.name, "--rekey-ike", "--asynchronous")  # type: ignore[attr-defined]
         if not r.ok:
             raise PeerError(f"libreswan: whack --rekey-ike: {r.stdout or r.stderr}")

@@ -160,9 +160,12 @@ def test_delete_ike_sa(
     assert all(s.deleted for s in verdict.reference.ike_sas)
 
 
+@pytest.mark.parametrize("version", [2, 1], ids=["ikev2", "ikev1"])
 @pytest.mark.parametrize("by", SIDES)
-def test_delete_child_sa(live: Live, ref: ReferencePeer, peer: StrongSwanPeer, by: str) -> None:
-    live.configure(_scenario(live, 2))
+def test_delete_child_sa(
+    live: Live, ref: ReferencePeer, peer: StrongSwanPeer, by: str, version: int
+) -> None:
+    live.configure(_scenario(live, version))
     live.establish(_other(by))
     live.ping_both_ways()
     spi_in, _ = live.current_child()

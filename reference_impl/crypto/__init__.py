@@ -14,6 +14,7 @@ See ``/work/notes/crypto-api.md`` for the contract with the driver and both IKE 
 from reference_impl.crypto.base import (
     AeadCipher,
     BlockCipher,
+    DirectAead,
     IntegrityError,
     KeyExchange,
     Mac,
@@ -52,6 +53,7 @@ __all__ = [
     "AeadCipher",
     "BlockCipher",
     "ChildKeys",
+    "DirectAead",
     "DhGroup",
     "DhId",
     "EncrAlgorithm",

@@ -7,10 +7,29 @@ algorithm descriptors (``encr.py``, ``integ.py``, ``prf.py``, ``dh.py``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import NamedTuple
 
 
 class IntegrityError(Exception):
     """An ICV / authentication tag did not verify (the packet must be dropped and counted)."""
+
+
+class DirectAead(NamedTuple):
+    """The bare AEAD calls behind a prepared ``AeadCipher``, for per-packet fast paths that
+    cannot afford the wrapper's extra call (the ESP data path).
+
+    ``encrypt(nonce, plaintext, aad)`` returns ciphertext || ICV and ``decrypt(nonce, data,
+    aad)`` the plaintext, where ``nonce = salt || iv`` (the caller builds it: it knows the IV
+    and can pack both at once); a failed ICV raises ``tag_error`` (not ``IntegrityError``:
+    catching it is the caller's job). No argument is checked: the caller guarantees an
+    8-octet IV.
+    """
+
+    salt: bytes
+    encrypt: Callable[[bytes, bytes, bytes], bytes]
+    decrypt: Callable[[bytes, bytes, bytes], bytes]
+    tag_error: type[Exception]
 
 
 class AeadCipher(ABC):
@@ -33,6 +52,11 @@ class AeadCipher(ABC):
     @abstractmethod
     def open(self, iv: bytes, data: bytes, aad: bytes) -> bytes:
         """Verify and decrypt ``ciphertext || ICV``; raise ``IntegrityError`` if it fails."""
+
+    def direct(self) -> DirectAead | None:
+        """The bare calls when ``seal``/``open`` are exactly ``encrypt``/``decrypt`` with the
+        nonce ``salt || iv`` (GCM-16, CCM, ChaCha20-Poly1305), else None."""
+        return None
 
 
 class BlockCipher(ABC):

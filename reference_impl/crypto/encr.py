@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
-from reference_impl.crypto.base import AeadCipher, BlockCipher, IntegrityError
+from reference_impl.crypto.base import AeadCipher, BlockCipher, DirectAead, IntegrityError
 from reference_impl.crypto.ids import EncrId
 from reference_impl.errors import LocalProtocolError, RemoteProtocolError
 
@@ -60,6 +60,9 @@ class _AesGcm16(AeadCipher):
             return self._dec(self._salt + iv, data, aad)
         except InvalidTag:
             raise IntegrityError("AES-GCM ICV mismatch") from None
+
+    def direct(self) -> DirectAead:
+        return DirectAead(self._salt, self._enc, self._dec, InvalidTag)
 
 
 class _AesGcmShort(AeadCipher):
@@ -125,6 +128,9 @@ class _AesCcm(AeadCipher):
         except InvalidTag:
             raise IntegrityError("AES-CCM ICV mismatch") from None
 
+    def direct(self) -> DirectAead:
+        return DirectAead(self._salt, self._enc, self._dec, InvalidTag)
+
 
 class _ChaCha20Poly1305(AeadCipher):
     """ChaCha20-Poly1305 (RFC 7634 §2): nonce = salt(4) || IV(8), ICV 16 octets."""
@@ -150,6 +156,9 @@ class _ChaCha20Poly1305(AeadCipher):
             return self._dec(self._salt + iv, data, aad)
         except InvalidTag:
             raise IntegrityError("ChaCha20-Poly1305 ICV mismatch") from None
+
+    def direct(self) -> DirectAead:
+        return DirectAead(self._salt, self._enc, self._dec, InvalidTag)
 
 
 class _NullAuthAesGmac(AeadCipher):

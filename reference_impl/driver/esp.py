@@ -101,6 +101,12 @@ def _unprepared2(iv: bytes, data: bytes) -> bytes:
     raise LocalProtocolError("SA crypto used before preparation")
 
 
+@functools.cache
+def _nonce_packer(salt_len: int) -> Callable[[bytes, int], bytes]:
+    """``pack(salt, iv)``: the AEAD nonce salt || 64-bit IV in one call."""
+    return struct.Struct(f">{salt_len}sQ").pack
+
+
 # --- random IVs for CBC -------------------------------------------------------------------------
 
 _IV_POOL_SIZE = 4096
@@ -351,12 +357,16 @@ class EspOutbound(OutboundSa):
         cipher = alg.prepare(self.params.encr_key)
         if isinstance(cipher, AeadCipher):
             self._seal = cipher.seal
+            self._use_aead(cipher)
         else:
             assert isinstance(cipher, BlockCipher)
             self._encrypt = cipher.encrypt
         if self._integ_alg is not None:
             self._mac = self._integ_alg.prepare(self.params.integ_key)
         self._prepared = True
+
+    def _use_aead(self, cipher: AeadCipher) -> None:
+        """Hook for the fast paths: take what they need from the prepared AEAD."""
 
     def _iv(self, seq: int) -> bytes:
         if self._counter_iv:
@@ -510,9 +520,28 @@ _HDR4_ESP = struct.Struct(">HHHHHH12sIQ")
 total length, identification, flags/fragment, TTL|protocol, checksum, src|dst|SPI, sequence
 number, IV."""
 _PACK_HDR4_ESP = _HDR4_ESP.pack
+_VT4 = tuple(0x4500 | tos for tos in range(256))
+"""Outer IPv4 version/IHL|TOS word for an inner TOS octet."""
+_DF_COPY = tuple((flags & 0x40) << 8 for flags in range(256))
+"""Outer IPv4 flags/fragment word for the inner flags octet: DF copied, no fragment."""
+_NOT_IPV4 = tuple(b >> 4 != 4 for b in range(256))
+"""Whether a first octet is not IP version 4."""
 
 
-class _EspOutboundFast4(EspOutbound):
+class _EspOutboundAead(EspOutbound):
+    """Base of the fast paths: keeps the bare AEAD encrypt call of the prepared cipher."""
+
+    __slots__ = ("_aead_encrypt", "_nonce_pack", "_salt")
+
+    def _use_aead(self, cipher: AeadCipher) -> None:
+        direct = cipher.direct()
+        assert direct is not None  # make_esp_outbound only picks AEADs that have one
+        self._aead_encrypt = direct.encrypt
+        self._salt = direct.salt
+        self._nonce_pack = _nonce_packer(len(direct.salt))
+
+
+class _EspOutboundFast4(_EspOutboundAead):
     """``EspOutbound`` specialised for the common case: AEAD with a 16-octet ICV and 8-octet
     IV, no ESN, tunnel mode, IPv4 outer header, raw ESP, no TFC padding, default options.
 
@@ -533,7 +562,8 @@ class _EspOutboundFast4(EspOutbound):
         self._ttl_proto = _shared_int((options.ttl << 8) | IPPROTO_ESP)
         self._addr_spi = self._src + self._dst + _U32.pack(self.spi)
         words = struct.unpack(">4H", self._src + self._dst)
-        self._csum_m1 = 0x4500 + self._ttl_proto + sum(words) - 1
+        self._csum_m1 = self._ttl_proto + sum(words) - 1
+        """The constant part of the header checksum sum, minus one (see ``protect``)."""
 
     def protect(self, packet: bytes, now: float) -> tuple[Verdict, bytes]:
         seq = self.seq + 1
@@ -544,28 +574,36 @@ class _EspOutboundFast4(EspOutbound):
             or octets >= self._next_octets
             or now >= self._next_time
             or n < 20
-            or packet[0] >> 4 != 4
+            or _NOT_IPV4[packet[0]]
         ):
             return self._protect_slow(packet, now)
         self.seq = seq
         self.octets = octets
         tr, tl = _TRAILERS_TL4[n & 3]
         tl += n
-        tos = packet[1]
-        frag = (packet[6] & 0x40) << 8
+        # Table lookups instead of arithmetic (one indexing each): the outer version/IHL|TOS
+        # word copies the inner TOS (DSCP and ECN, RFC 4301 §5.1.2.1, RFC 6040), the outer DF
+        # copies the inner DF (RFC 4301 §8.1).
+        vt = _VT4[packet[1]]
+        frag = _DF_COPY[packet[6]]
         ident = seq & 0xFFFF
         hdr = _PACK_HDR4_ESP(
-            0x4500 | tos,
+            vt,
             tl,
             ident,
             frag,
             self._ttl_proto,
-            0xFFFE - (self._csum_m1 + tos + tl + ident + frag) % 0xFFFF,
+            # The one's complement sum of 16-bit words is the value mod 0xFFFF (RFC 1071).
+            0xFFFE - (self._csum_m1 + vt + tl + ident + frag) % 0xFFFF,
             self._addr_spi,
             seq,
             seq,
         )
-        return _DELIVERED, hdr + self._seal(hdr[28:], packet + tr, hdr[20:28])
+        # The bare AEAD call (no wrapper frame): nonce = salt || IV with IV = seq (RFC 4106
+        # §3.1, §4), AAD = SPI || sequence number (RFC 4106 §5).
+        return _DELIVERED, hdr + self._aead_encrypt(
+            self._nonce_pack(self._salt, seq), packet + tr, hdr[20:28]
+        )
 
 
 _HDR4T_ESP = struct.Struct(">HHHIHQIIQ")
@@ -579,7 +617,7 @@ _TRAILERS_TL4T = tuple(tuple((t, len(t) + 32) for t in _trailers(4, nh)) for nh 
 trailer + 16 ICV), indexed by payload length % 4."""
 
 
-class _EspOutboundFastTransport4(EspOutbound):
+class _EspOutboundFastTransport4(_EspOutboundAead):
     """``EspOutbound`` specialised for transport mode over IPv4 (no options, not a fragment)
     with an AEAD with a 16-octet ICV, no ESN and no UDP encapsulation.
 
@@ -622,7 +660,9 @@ class _EspOutboundFastTransport4(EspOutbound):
             seq,
             seq,
         )
-        return _DELIVERED, hdr + self._seal(hdr[28:], packet[20:] + tr, hdr[20:28])
+        return _DELIVERED, hdr + self._aead_encrypt(
+            self._nonce_pack(self._salt, seq), packet[20:] + tr, hdr[20:28]
+        )
 
 
 def make_esp_outbound(
@@ -667,6 +707,9 @@ class EspInbound(SecurityAssociation):
         "_iv_len",
         "_mac",
         "_open",
+        "aead_decrypt",
+        "aead_salt",
+        "aead_tag_error",
         "fast4",
         "fast_tunnel",
         "sel_mask",
@@ -731,6 +774,14 @@ class EspInbound(SecurityAssociation):
         cipher = self._encr_alg.prepare(self.params.encr_key)
         if isinstance(cipher, AeadCipher):
             self._open = cipher.open
+            direct = cipher.direct()
+            if direct is not None:
+                # For Sad.unprotect's fast path: the bare decrypt, one call per packet.
+                self.aead_salt = direct.salt
+                self.aead_decrypt = direct.decrypt
+                self.aead_tag_error = direct.tag_error
+            else:
+                assert not self.fast4, "fast-path SAs use AEADs with a direct handle"
         else:
             assert isinstance(cipher, BlockCipher)
             self._decrypt = cipher.decrypt

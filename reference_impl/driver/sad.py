@@ -15,7 +15,6 @@ import itertools
 import struct
 from collections.abc import Iterator
 
-from reference_impl.crypto import IntegrityError
 from reference_impl.driver.ah import AhInbound, AhOutbound
 from reference_impl.driver.base import (
     DEFAULT_OPTIONS,
@@ -52,9 +51,9 @@ InboundSa = EspInbound | AhInbound
 ProtectResult = tuple[Verdict, bytes]
 UnprotectResult = tuple[Verdict, bytes, SecurityAssociation | None]
 
-_OUTER4 = struct.Struct(">HH2xI10xII8x")
+_OUTER4 = struct.Struct(">HH2xI10xII8s")
 """ESP over IPv4 without options: (version/IHL|TOS, total length, flags/fragment|TTL|protocol,
-SPI, sequence number); 36 octets so that a shorter datagram never reaches the fast path."""
+SPI, sequence number, IV); 36 octets so that a shorter datagram never reaches the fast path."""
 _INNER4 = struct.Struct(">BxH8xQ")
 """Inner IPv4 header: (version/IHL, total length, source << 32 | destination)."""
 _PACK_IPV4 = struct.Struct(">HHHIHQ").pack
@@ -349,14 +348,12 @@ class SecurityAssociationDatabase:
         packet (None when none did).
         """
         try:
-            vt, tl, w, spi, seq = _UNPACK_OUTER4(d)
-        except struct.error:
+            vt, tl, w, spi, seq, iv = _UNPACK_OUTER4(d)
+            sa = self._esp_fast[spi]
+        except (struct.error, KeyError):
             return self._unprotect_slow(d, now)
         # IPv4 without options, outer ECN Not-ECT/ECT(0), not a fragment, protocol ESP.
-        if vt & 0xFF01 != 0x4500 or w & 0x3FFF00FF != 50:
-            return self._unprotect_slow(d, now)
-        sa = self._esp_fast.get(spi)
-        if sa is None or now >= sa._next_time:
+        if vt & 0xFF01 != 0x4500 or w & 0x3FFF00FF != 50 or now >= sa._next_time:
             return self._unprotect_slow(d, now)
         win = sa.window
         top = win.replay_top
@@ -365,8 +362,9 @@ class SecurityAssociationDatabase:
             if seq == 0 or diff >= win.replay_size or (win.replay_bits >> diff) & 1:
                 return self._unprotect_slow(d, now)
         try:
-            pt = sa._open(d[28:36], d[36:tl], d[20:28])
-        except IntegrityError:
+            # The bare AEAD call: nonce = salt || IV (RFC 4106 §4), AAD = SPI || seq (§5).
+            pt = sa.aead_decrypt(sa.aead_salt + iv, d[36:tl], d[20:28])
+        except sa.aead_tag_error:
             if tl != len(d):  # truncated or padded datagram: let the general path say so
                 return self._unprotect_slow(d, now)
             return sa._drop(_INTEGRITY, d, now, seq), b"", sa

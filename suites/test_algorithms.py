@@ -382,8 +382,7 @@ def test_alg_004_ike_should_not(ctx: CaseContext) -> None:
         flush_half_open(ctx)
     _table(ctx, subs)
     known(ctx, {"strongswan": "strongswan-default-proposals",
-                "libreswan": "algorithms-record-cases",
-                "reference": "reference-policy-default-modp1024"})  # fmt: skip
+                "libreswan": "algorithms-record-cases"})  # fmt: skip
     weak = [s.label for s in subs if s.outcome == "accepted" and s.level is Level.SHOULD_NOT]
     if weak:
         grade(ctx, Level.SHOULD_NOT, f"accepted by default: {', '.join(weak)}")

@@ -103,9 +103,12 @@ class MainModeProposalModel(_Model):
 
 
 def _default_mm_proposals() -> list[MainModeProposalModel]:
+    # RFC 8247 §3: AES-CBC with SHA2-256 and group 14 are MUST; SHA-1 stays as MUST-. The
+    # spec's Windows-era example also lists 3des/modp1024, but group 2 is SHOULD NOT (RFC 8247
+    # §3.4): a policy that wants it names it explicitly.
     return [
+        MainModeProposalModel(enc="aes128", integ="sha256", dh="modp2048"),
         MainModeProposalModel(enc="aes128", integ="sha1", dh="modp2048"),
-        MainModeProposalModel(enc="3des", integ="sha1", dh="modp1024"),
     ]
 
 

@@ -46,12 +46,13 @@ SUITES = ("ikev2-child", "ikev1", "algorithms")
 RECORDED = {
     ("IKEV2-CHILD-006", "R"),  # both disjoint subnets returned (ADDITIONAL_TS_POSSIBLE is MAY)
     ("ALG-002", "R"),  # "record" cases (catalogue §12.4): the accepted SHOULD transforms
+    ("ALG-004", "R"),  # ENCR_3DES (MAY): whether it is accepted by default is recorded
     ("ALG-007", "I"),
     ("ALG-007", "R"),
 }
-WARNING = {("ALG-004", "R")}
-"""The reference's policy-language default main-mode proposals include 3DES/SHA1/MODP-1024
-(Windows compatible): group 2 is SHOULD NOT (RFC 8247 §3.4)."""
+WARNING: set[tuple[str, str]] = set()
+"""None: the reference's default main-mode proposals offer only MODP-2048 (RFC 8247 §3.4 makes
+group 2 SHOULD NOT; the policy language no longer defaults to 3DES/SHA1/MODP-1024)."""
 REKEY_WITHOUT_PFS = {
     ("IKEV2-CHILD-008", "R"),
     ("IKEV2-CHILD-009", "R"),

@@ -34,7 +34,13 @@ from harness.topology.netns import delete_namespace
 from harness.topology.run import Run
 from tests.harness.test_external import host_leftovers
 
-pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.needs_root,
+    pytest.mark.slow,
+    # One worker runs both: the device sits on fixed addresses in the root namespace, and each
+    # test checks that the host is left as it found it (another worker's run would show up).
+    pytest.mark.xdist_group("external-device"),
+]
 
 PSK = "external-device-psk-0123456789"
 DEVICE_ID = "@device.example"

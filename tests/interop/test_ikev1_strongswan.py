@@ -61,9 +61,16 @@ def test_ikev1_tunnel(
     first = messages[0]
     starter = live.a if initiator == "reference" else live.b
     assert first.src.split(":")[0] == starter.addresses.v4
-    quick = [m for m in messages if m.exchange == "QUICK_MODE"]
-    assert len(quick) == 3
-    assert all("KE" in " ".join(m.payloads).split() for m in quick[:2])  # PFS both ways
+    quick = [m for m in messages if m.exchange == "QUICK_MODE" and not m.retransmission]
+    # One Quick Mode: QM1 and QM2 carry KE (PFS both ways), QM3 is HASH(3) alone. A loaded
+    # machine may add a resent QM3 in answer to a resent QM2; it is the same exchange.
+    by_id: dict[int, list[str]] = {}
+    for m in quick:
+        by_id.setdefault(m.message_id, []).append(" ".join(m.payloads))
+    assert len(by_id) == 1, by_id
+    (exchange,) = by_id.values()
+    assert len(exchange) >= 3, exchange
+    assert all("KE" in p.split() for p in exchange[:2]), exchange  # PFS both ways
     log = live.peer_log()
     kind = "Aggressive" if aggressive else "Main"
     if initiator == "strongswan":

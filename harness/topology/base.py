@@ -381,6 +381,12 @@ class Node(ABC):
         self.processes.append(proc)
         return proc
 
+    def netns_path(self) -> str | None:
+        """A path to this node's network namespace that ``setns(2)`` accepts, so the harness
+        can open sockets inside the node (crafted traffic from the node's own address); None
+        when the node shares the harness's namespace (``local``, ``host``)."""
+        return None
+
     def use_image(self, image: str) -> None:
         """Run this node from the image of a peer (``strongswan``, ``libreswan``,
         ``reference``) where nodes are containers; a no-op where nodes share the host's

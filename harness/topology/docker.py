@@ -298,6 +298,18 @@ class DockerNode(Node):
     def container_name(self) -> str:
         return f"{self.topology.run.label}-{self.name}"
 
+    def netns_path(self) -> str | None:
+        """The container's namespace through its init process (a local engine only: a remote
+        engine's processes are not ours to enter)."""
+        if self.topology.copy_mode or self.container is None:
+            raise Unsupported(
+                "netns", "sockets inside a container need a local Docker engine (not DOCKER_HOST)"
+            )
+        pid = self.topology.client.api.inspect_container(self.container)["State"].get("Pid")
+        if not pid:
+            raise Unsupported("netns", f"container {self.container} is not running")
+        return f"/proc/{pid}/ns/net"
+
     # commands and processes
 
     def exec(

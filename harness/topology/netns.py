@@ -113,6 +113,9 @@ class NetnsNode(Node):
         """The node's link interface (``eth0``; the router has several)."""
         self.interfaces: list[str] = [iface] if iface else []
 
+    def netns_path(self) -> str | None:
+        return f"/run/netns/{self.netns}"
+
     def exec(
         self, argv: Sequence[str], *, timeout: float = 30.0, env: Mapping[str, str] | None = None
     ) -> system.Completed:

@@ -149,11 +149,18 @@ def require_scriptable(ctx: CaseContext) -> None:
     """The scripted peer needs sockets on the tester's address: ``local``, ``netns`` or
     ``host`` (an external device)."""
     backend = ctx.topology.backend
-    if backend not in ("local", "netns", "host"):
+    if backend not in ("local", "netns", "host", "docker"):
         raise NotApplicable(
-            [f"topology {backend}: the scripted IKE peer runs on the local, netns and host "
-             "topologies"]
+            [f"topology {backend}: the scripted IKE peer runs on the local, netns, docker and "
+             "host topologies"]
         )  # fmt: skip
+    if backend == "docker":
+        from harness.topology.base import Unsupported
+
+        try:
+            ctx.topology.node("tester").netns_path()
+        except Unsupported as exc:
+            raise NotApplicable([f"topology docker: {exc}"]) from None
 
 
 def require_put_initiation(ctx: CaseContext) -> None:
@@ -179,7 +186,8 @@ def in_netns(netns: str | None, fn: Callable[[], Any]) -> Any:
     def target() -> None:
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            path = netns if netns.startswith("/") else f"/run/netns/{netns}"
+            fd = os.open(path, os.O_RDONLY)
             try:
                 if libc.setns(fd, _CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
@@ -199,7 +207,9 @@ def in_netns(netns: str | None, fn: Callable[[], Any]) -> Any:
 
 
 def _netns_of(node: Any) -> str | None:
-    return getattr(node, "netns", None)
+    """Where to open sockets for ``node``: its namespace's path, or None (ours)."""
+    path = getattr(node, "netns_path", None)
+    return path() if callable(path) else None
 
 
 # --- PKI ---

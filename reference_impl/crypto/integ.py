@@ -32,6 +32,9 @@ _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "sha384": hashes.SHA384,
     "sha512": hashes.SHA512,
 }
+_HASH_OBJECTS: dict[str, hashes.HashAlgorithm] = {name: cls() for name, cls in _HASHES.items()}
+"""One shared (immutable) algorithm object per hash, so that keying an HMAC does not build
+one each time."""
 
 
 class HmacState:
@@ -40,7 +43,7 @@ class HmacState:
     __slots__ = ("_base",)
 
     def __init__(self, key: bytes, hash_name: str) -> None:
-        self._base = hmac.HMAC(key, _HASHES[hash_name]())
+        self._base = hmac.HMAC(key, _HASH_OBJECTS[hash_name])
 
     def digest(self, data: bytes) -> bytes:
         h = self._base.copy()
@@ -100,7 +103,7 @@ class _HmacMac(Mac):
     __slots__ = ("_base", "icv_len")
 
     def __init__(self, key: bytes, hash_name: str, icv_len: int) -> None:
-        self._base = hmac.HMAC(key, _HASHES[hash_name]())
+        self._base = hmac.HMAC(key, _HASH_OBJECTS[hash_name])
         self.icv_len = icv_len
 
     def compute(self, data: bytes) -> bytes:

@@ -26,6 +26,7 @@ __all__ = [
 
 KEY_PAD_IKEV2 = b"Key Pad for IKEv2"
 """RFC 7296 §2.15: the 17 ASCII characters, no terminating NUL."""
+_OCTET = tuple(bytes((n,)) for n in range(256))
 
 
 def prf_plus(prf: PrfAlgorithm, key: bytes, seed: bytes, length: int) -> bytes:
@@ -35,16 +36,18 @@ def prf_plus(prf: PrfAlgorithm, key: bytes, seed: bytes, length: int) -> bytes:
     """
     if length < 0:
         raise LocalProtocolError("prf+ length must not be negative")
-    f = prf.prepare(key)
     blocks = -(-length // prf.out_len)
     if blocks > 255:
         raise LocalProtocolError(f"prf+ cannot produce {length} octets with {prf.name}")
-    out = bytearray()
-    t = b""
-    for n in range(1, blocks + 1):
-        t = f(t + seed + bytes((n,)))
-        out += t
-    return bytes(out[:length])
+    if blocks <= 1:  # one block: a one-shot PRF, no prepared key
+        return prf(key, seed + b"\x01")[:length] if blocks else b""
+    f = prf.prepare(key)
+    t = f(seed + b"\x01")
+    out = [t]
+    for n in range(2, blocks + 1):
+        t = f(t + seed + _OCTET[n])
+        out.append(t)
+    return b"".join(out)[:length]
 
 
 def ikev2_skeyseed(prf: PrfAlgorithm, ni: bytes, nr: bytes, g_ir: bytes) -> bytes:
@@ -54,7 +57,7 @@ def ikev2_skeyseed(prf: PrfAlgorithm, ni: bytes, nr: bytes, g_ir: bytes) -> byte
     key (RFC 7296 §2.14, RFC 4434 §2, RFC 4615 §3).
     """
     key = ni[:8] + nr[:8] if prf.fixed_key else ni + nr
-    return prf.prepare(key)(g_ir)
+    return prf(key, g_ir)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,7 @@ def ikev2_rekey_skeyseed(
     ``prf_old`` is the PRF of the *old* IKE SA; the new SA's keys then come from
     ``ikev2_ike_keys`` with the *new* SA's PRF, nonces and SPIs.
     """
-    return prf_old.prepare(sk_d_old)(g_ir_new + ni + nr)
+    return prf_old(sk_d_old, g_ir_new + ni + nr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,7 @@ def ikev2_psk_auth(prf: PrfAlgorithm, psk: bytes, signed_octets: bytes) -> bytes
     ``signed_octets`` is RealMessage | Nonce | prf(SK_px, RestOfIDPayload), built by the
     caller (see ``ikev2_signed_octets``). Also the EAP form with the MSK as the secret.
     """
-    return prf.prepare(prf.prepare(psk)(KEY_PAD_IKEV2))(signed_octets)
+    return prf(prf(psk, KEY_PAD_IKEV2), signed_octets)
 
 
 def ikev2_signed_octets(
@@ -165,4 +168,4 @@ def ikev2_signed_octets(
     SK_pr and ``id_payload_body`` our ID payload without its 4-octet generic header
     (RestOfInitIDPayload: ID type, three reserved octets, identification data).
     """
-    return real_message + nonce + prf.prepare(sk_p)(id_payload_body)
+    return real_message + nonce + prf(sk_p, id_payload_body)

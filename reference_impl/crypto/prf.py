@@ -12,24 +12,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, hmac
 
 from reference_impl.crypto.base import Prf
 from reference_impl.crypto.ids import PrfId
-from reference_impl.crypto.integ import _HASHES, CmacState, HmacState, XcbcState
+from reference_impl.crypto.integ import _HASH_OBJECTS, _HASHES, CmacState, XcbcState
 from reference_impl.errors import LocalProtocolError
 
 __all__ = ["PrfAlgorithm", "prf"]
 
 
 class _HmacPrf(Prf):
-    __slots__ = ("_digest",)
+    """A keyed HMAC PRF: the pads are computed once, each call copies the keyed context."""
+
+    __slots__ = ("_base",)
 
     def __init__(self, key: bytes, hash_name: str) -> None:
-        self._digest = HmacState(key, hash_name).digest
+        self._base = hmac.HMAC(key, _HASH_OBJECTS[hash_name])
 
     def __call__(self, data: bytes) -> bytes:
-        return self._digest(data)
+        h = self._base.copy()
+        h.update(data)
+        return h.finalize()
 
 
 class _AesPrf(Prf):
@@ -78,7 +82,11 @@ class PrfAlgorithm:
         return _AesPrf(key, CmacState, pad_short=False)
 
     def __call__(self, key: bytes, data: bytes) -> bytes:
-        """One-shot ``prf(key, data)``."""
+        """One-shot ``prf(key, data)`` (for a key used once: no prepared object, no copy)."""
+        if self.hash_name is not None:
+            h = hmac.HMAC(key, _HASH_OBJECTS[self.hash_name])
+            h.update(data)
+            return h.finalize()
         return self.prepare(key)(data)
 
     def hash(self, data: bytes) -> bytes:

@@ -13,6 +13,7 @@ from the peer are answered once and the answer is cached for retransmitted reque
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ from reference_impl.sa import (
 )
 
 ZERO_SPI = b"\0" * 8
+_PROXY = weakref.ProxyType
 _NATD_SRC = int(NotifyType.NAT_DETECTION_SOURCE_IP)
 _NATD_DST = int(NotifyType.NAT_DETECTION_DESTINATION_IP)
 P = TypeVar("P", bound=Payload)
@@ -290,7 +292,12 @@ class IkeSa:
         config: PeerConfig | None,
         now: float,
     ) -> None:
-        self.ctx = ctx
+        # A weak reference: the service owns its SAs (``_sas``), so a strong one would make
+        # every SA and its state a reference cycle that only the cyclic garbage collector
+        # frees once the service is dropped; with it the service's graph is freed at once
+        # and the collector has fewer long-lived objects to traverse. Only the service
+        # creates IkeSa objects (an IKE SA rekey passes its own proxy on) and it outlives them.
+        self.ctx = cast(SaContext, ctx if type(ctx) is _PROXY else weakref.proxy(ctx))
         self.settings = ctx.settings
         self.rng: Callable[[int], bytes] = ctx.settings.rng
         self.initiator = initiator
@@ -1453,6 +1460,9 @@ class IkeSa:
         local_port = self.settings.natt_port if natt else self.local[1]
         encr_id = sel.encr_id or None
         integ_id = sel.integ_id or None
+        # One tuple per side, shared by both directions' parameters and the ChildSa.
+        ts_l = tuple(ts_local)
+        ts_r = tuple(ts_remote)
         inbound = ChildSaParams(
             in_spi,
             protocol,
@@ -1466,8 +1476,8 @@ class IkeSa:
             in_a,
             sel.esn,
             (peer_port, local_port) if natt else None,
-            tuple(ts_remote),
-            tuple(ts_local),
+            ts_r,
+            ts_l,
             lifetime,
             cfg.replay_window,
         )
@@ -1484,8 +1494,8 @@ class IkeSa:
             out_a,
             sel.esn,
             (local_port, peer_port) if natt else None,
-            tuple(ts_local),
-            tuple(ts_remote),
+            ts_l,
+            ts_r,
             lifetime,
             cfg.replay_window,
             peer_tfc_ok,
@@ -1498,8 +1508,8 @@ class IkeSa:
             out_spi,
             protocol,
             mode,
-            tuple(ts_local),
-            tuple(ts_remote),
+            ts_l,
+            ts_r,
             pair,
             now,
             (ni, nr),

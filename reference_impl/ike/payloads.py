@@ -32,10 +32,13 @@ _PROPOSAL = struct.Struct("!BBHBBBB")
 _NOTIFY = struct.Struct("!BBH")
 _DELETE = struct.Struct("!BBH")
 _TS = struct.Struct("!BBHHH")
+_TS4 = struct.Struct("!BBHHHII")
 _ATTR_TV = struct.Struct("!HH")
 _SKF = struct.Struct("!HH")
 
 CRITICAL = 0x80
+_HEAD4 = tuple(bytes((n, 0, 0, 0)) for n in range(256))
+"""One octet and three reserved zero octets (ID, AUTH and CP payload headers), prebuilt."""
 
 INVALID_SYNTAX = NotifyType.INVALID_SYNTAX
 
@@ -239,7 +242,7 @@ class IdPayload(Payload):
     data: bytes
 
     def body(self) -> bytes:
-        return bytes((self.id_type, 0, 0, 0)) + self.data
+        return _HEAD4[self.id_type] + self.data
 
     @property
     def rest(self) -> bytes:
@@ -336,7 +339,7 @@ class AuthPayload(Payload):
     data: bytes
 
     def body(self) -> bytes:
-        return bytes((self.method, 0, 0, 0)) + self.data
+        return _HEAD4[self.method] + self.data
 
 
 def _decode_auth(data: bytes, off: int, end: int) -> AuthPayload:
@@ -380,9 +383,10 @@ class NotifyPayload(Payload):
     spi: bytes = b""
 
     def body(self) -> bytes:
-        return (
-            _NOTIFY.pack(self.protocol_id, len(self.spi), self.notify_type) + self.spi + self.data
-        )
+        spi = self.spi
+        if spi:
+            return _NOTIFY.pack(self.protocol_id, len(spi), self.notify_type) + spi + self.data
+        return _NOTIFY.pack(self.protocol_id, 0, self.notify_type) + self.data
 
 
 def _decode_notify(data: bytes, off: int, end: int) -> NotifyPayload:
@@ -454,12 +458,17 @@ class TsPayload(Payload):
     def body(self) -> bytes:
         parts = [bytes((len(self.selectors) + len(self.unknown), 0, 0, 0))]
         for ts in self.selectors:
-            start = ts.start_addr.packed
-            parts.append(
-                _TS.pack(ts.ts_type, ts.ip_protocol, 8 + 2 * len(start), ts.start_port, ts.end_port)
-            )
-            parts.append(start)
-            parts.append(ts.end_addr.packed)
+            start, end = ts.start_addr, ts.end_addr
+            if start.version == 4:  # one pack with the addresses as integers
+                parts.append(
+                    _TS4.pack(
+                        _V4, ts.ip_protocol, 16, ts.start_port, ts.end_port, int(start), int(end)
+                    )
+                )
+                continue
+            parts.append(_TS.pack(_V6, ts.ip_protocol, 40, ts.start_port, ts.end_port))
+            parts.append(start.packed)
+            parts.append(end.packed)
         for ts_type, raw in self.unknown:
             parts.append(bytes((ts_type,)) + raw)
         return b"".join(parts)
@@ -752,27 +761,31 @@ def encode_chain(payloads: Iterable[Payload], last_next: int = 0) -> tuple[int, 
     ``last_next`` is the Next Payload of the last one (0 except for special layouts).
     """
     items = payloads if isinstance(payloads, list) else list(payloads)
-    if not items:
+    n = len(items)
+    if not n:
         return last_next, b""
-    types = [p.type if p.__class__ is UnknownPayload else p.payload_type for p in items]
-    types.append(last_next)
-    parts: list[bytes] = []
-    append = parts.append
+    # Walked backwards, so each generic header knows the type of the payload after it.
+    parts: list[bytes] = [b""] * (2 * n)
     pack = _GENERIC.pack
     special = _SPECIAL
-    for i, p in enumerate(items):
+    nxt = last_next
+    i = 2 * n
+    for p in reversed(items):
         body = p.body()
+        i -= 2
         cls = p.__class__
         if cls in special:
             if cls is UnknownPayload:
-                flags = CRITICAL if p.critical else 0
-                append(pack(types[i + 1], flags, 4 + len(body)))
-            else:
-                append(pack(p.inner_type, 0, 4 + len(body)))
+                parts[i] = pack(nxt, CRITICAL if p.critical else 0, 4 + len(body))
+                parts[i + 1] = body
+                nxt = p.type
+                continue
+            parts[i] = pack(p.inner_type, 0, 4 + len(body))
         else:
-            append(pack(types[i + 1], 0, 4 + len(body)))
-        append(body)
-    return types[0], b"".join(parts)
+            parts[i] = pack(nxt, 0, 4 + len(body))
+        parts[i + 1] = body
+        nxt = p.payload_type
+    return nxt, b"".join(parts)
 
 
 _SPECIAL = frozenset((EncryptedPayload, EncryptedFragmentPayload, UnknownPayload))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from typing import cast
 
 from reference_impl.crypto import (
     AeadCipher,
@@ -46,6 +47,8 @@ class SkProtection:
         "_aead",
         "_block",
         "_counter",
+        "_direct_in",
+        "_direct_out",
         "_in_aead",
         "_in_block",
         "_in_mac",
@@ -74,11 +77,17 @@ class SkProtection:
         self._aead = encr.aead
         ek_out, ek_in = (keys.sk_ei, keys.sk_er) if initiator else (keys.sk_er, keys.sk_ei)
         out_c, in_c = encr.prepare(ek_out), encr.prepare(ek_in)
-        # Typed per kind once here, so the per-message paths need no checks or casts.
-        self._out_aead = out_c if isinstance(out_c, AeadCipher) else None
-        self._in_aead = in_c if isinstance(in_c, AeadCipher) else None
-        self._out_block = out_c if isinstance(out_c, BlockCipher) else None
-        self._in_block = in_c if isinstance(in_c, BlockCipher) else None
+        # Typed per kind once here, so the per-message paths need no checks or casts (the
+        # descriptor's flag says which kind ``prepare`` built: no ABC isinstance checks).
+        aead = encr.aead
+        self._out_aead = cast(AeadCipher, out_c) if aead else None
+        self._in_aead = cast(AeadCipher, in_c) if aead else None
+        self._out_block = None if aead else cast(BlockCipher, out_c)
+        self._in_block = None if aead else cast(BlockCipher, in_c)
+        # The bare AEAD calls when the registry offers them (GCM-16, CCM, ChaCha20-Poly1305):
+        # one call per message instead of the wrapper's two.
+        self._direct_out = self._out_aead.direct() if self._out_aead is not None else None
+        self._direct_in = self._in_aead.direct() if self._in_aead is not None else None
         self._out_mac: Mac | None = None
         self._in_mac: Mac | None = None
         if encr.aead:
@@ -115,6 +124,9 @@ class SkProtection:
 
     def _seal(self, head: bytes, plaintext: bytes) -> bytes:
         iv = self._iv()
+        direct = self._direct_out
+        if direct is not None:  # RFC 5282 §3: nonce = salt || IV, AAD = header .. SK header
+            return head + iv + direct.encrypt(direct.salt + iv, plaintext, head)
         aead = self._out_aead
         if aead is not None:
             return head + iv + aead.seal(iv, plaintext, head)
@@ -187,7 +199,16 @@ class SkProtection:
             raise RemoteProtocolError("Encrypted payload shorter than its IV and ICV")
         iv = body[:iv_len]
         aead = self._in_aead
-        if aead is not None:
+        direct = self._direct_in
+        if direct is not None:
+            aad = datagram[: len(datagram) - len(body)]
+            try:
+                plaintext = direct.decrypt(direct.salt + iv, body[iv_len:], aad)
+            except direct.tag_error:
+                raise RemoteProtocolError(
+                    "integrity check of the Encrypted payload failed"
+                ) from None
+        elif aead is not None:
             aad = datagram[: len(datagram) - len(body)]
             try:
                 plaintext = aead.open(iv, body[iv_len:], aad)

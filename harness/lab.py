@@ -10,6 +10,7 @@ isolated topology (run labels keep their resource names apart).
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,9 +88,13 @@ def peer_infos(options: LabOptions) -> list[PeerInfo]:
         else:
             try:
                 avail = peer_class(kind).availability()
-                version = avail.detail if avail.available else None
             except (AdapterMissing, ValueError):
                 pass
+            else:
+                # "strongSwan 5.9.8, charon at ...", "Libreswan 4.10 at ...": the release.
+                found = re.search(r"\b(\d+\.\d+(?:\.\d+)?)\b", avail.detail)
+                if avail.available and found:
+                    version = found.group(1)
         infos.append(
             PeerInfo(
                 name=kind,

@@ -12,6 +12,7 @@ only, always UDP-encapsulated (it fakes a NAT), no AH, no ESN, no AES-GMAC, no t
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -19,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from harness import system
 from harness.doctor import CHARON_PATHS, LIBIPSEC_PLUGIN_PATHS
 from harness.peers import algorithms
 from harness.peers.base import (
@@ -151,7 +153,11 @@ class StrongSwanPeer(Peer):
             return Availability(False, "charon is not installed (scripts/install-system-deps)")
         if os.geteuid() != 0:
             return Availability(False, "charon needs root (netns or docker topology)")
-        return Availability(True, f"strongSwan charon at {path}")
+        # swanctl prints "strongSwan 5.9.8 swanctl" (and complains that no daemon answers).
+        out = system.run(["swanctl", "--version"], timeout=10)
+        found = re.search(r"strongSwan (\d+\.\d+\.\d+)", out.stdout + out.stderr)
+        release = f"strongSwan {found.group(1)}" if found else "strongSwan"
+        return Availability(True, f"{release}, charon at {path}")
 
     @classmethod
     def capabilities(cls) -> Capabilities:

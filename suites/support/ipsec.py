@@ -40,12 +40,14 @@ from harness.peers.base import NotApplicable, Peer, PeerError, Proposal, Scenari
 from harness.probes.craft import AhCrafter, EspCrafter, mutate_ipv4
 from harness.probes.keys import IpsecSaEntry, KeySet
 from harness.probes.pcap import PacketKind, WirePacket, ip_packet
-from harness.report.model import EvidenceKind, Verdict, grade_unmet
+from harness.report.model import EvidenceKind
 from reference_impl.driver import AhInbound, EspInbound, SaOptions
 from reference_impl.driver import Verdict as DriverVerdict
 from reference_impl.driver.base import DriverContext
 from reference_impl.driver.packet import IPPROTO_AH, IPPROTO_ESP, IpInfo, checksum, parse_ip
 from reference_impl.sa import IpsecProtocol, Mode
+from suites.support.ike import grade as grade_level
+from suites.support.ike import note
 
 if TYPE_CHECKING:
     from harness.cases import Level
@@ -67,24 +69,10 @@ AH_SHA256_ESN = Proposal.parse("HMAC_SHA2_256_128/EXT_SEQ")
 
 def grade(ctx: CaseContext, level: Level, reason: str) -> None:
     """A sub-requirement of another level than the case's was not met (the SHOULD part of a
-    "MUST / SHOULD" row): fail, warning (fail with ``--strict``) or recorded, by ``level``."""
-    rec = ctx.recording
-    if rec is None:
-        raise AssertionError(reason)
+    "MUST / SHOULD" row), graded by ``level`` (:func:`suites.support.ike.grade`) and marked
+    with this peer's known-behaviour anchor, if it has one."""
     mark_known(ctx)
-    verdict = grade_unmet(level, strict=ctx.lab.options.strict)
-    if verdict is Verdict.FAIL:
-        rec.failed(f"[{level.value}] {reason}")
-    elif verdict is Verdict.RECORDED:
-        rec.recorded(reason)
-    else:
-        rec._set(verdict, f"[{level.value}] {reason}")  # no public warning(): see the report
-
-
-def note(ctx: CaseContext, name: str, text: str) -> None:
-    """Small text evidence."""
-    if ctx.recording is not None:
-        ctx.recording.attach_text(name, text, EvidenceKind.ORACLE, filename=f"{name}.txt")
+    grade_level(ctx, level, reason)
 
 
 def require_real_ip(ctx: CaseContext, why: str) -> None:

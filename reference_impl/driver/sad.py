@@ -43,6 +43,7 @@ from reference_impl.driver.packet import (
     parse_ip,
     udp_checksum_v6,
 )
+from reference_impl.driver.replay import ReplayWindow
 from reference_impl.driver.verdict import Verdict
 from reference_impl.errors import LocalProtocolError
 from reference_impl.sa import ChildSaPair, ChildSaParams, IpsecProtocol
@@ -370,16 +371,8 @@ class SecurityAssociationDatabase:
             return sa._drop(_INTEGRITY, d, now, seq), b"", sa
         if seq == top + 1 and win.replay_bits == win.replay_mask:
             win.replay_top = seq  # in order with a full window: the bitmap stays all ones
-        elif seq > top:
-            shift = seq - top  # past the whole window: only seq is left (see ReplayWindow)
-            win.replay_bits = (
-                1
-                if shift >= win.replay_size
-                else ((win.replay_bits << shift) | 1) & win.replay_mask
-            )
-            win.replay_top = seq
         else:
-            win.replay_bits |= 1 << (top - seq)
+            _slide(win, seq, top)
         if sa.fast_tunnel:
             try:
                 vihl, itl, addrs = _UNPACK_INNER4(pt)
@@ -398,33 +391,12 @@ class SecurityAssociationDatabase:
                 else:
                     sa._account(itl, now)
                 return _DELIVERED, pt[:itl], sa
-        elif len(pt) >= 2:
-            # Transport mode: put the payload back behind the received header (RFC 4303
-            # §3.4.4.1 for the trailer, §3.1.1 for the layout).
-            n = len(pt)
-            pad = pt[-2]
-            nh = pt[-1]
-            end = n - 2 - pad
-            vt, ident, w, addrs = _UNPACK_IPV4_FIELDS(d)
-            if (
-                end >= 0
-                and nh != 59
-                and pt[end : n - 2] == PADDING[pad]
-                and addrs & sa.sel_mask == sa.sel_net
-            ):
-                itl = 20 + end
-                w = (w & 0xFFFFFF00) | nh
-                hdr = _PACK_IPV4(
-                    vt, itl, ident, w, 0xFFFE - (vt + itl + ident + w + addrs - 1) % 0xFFFF, addrs
-                )
-                p = sa._packets + 1
-                b = sa.octets + itl
-                if p < sa._next_packets and b < sa._next_octets:
-                    sa._packets = p
-                    sa.octets = b
-                else:
-                    sa._account(itl, now)
-                return _DELIVERED, hdr + pt[:end], sa
+        else:
+            # Transport mode in a method of its own: its locals would make every tunnel-mode
+            # packet's frame bigger.
+            done = _transport4(sa, d, pt, now)
+            if done is not None:
+                return done
         info = parse_ip(d, _STOP)
         verdict, inner = sa.after_decrypt(pt, d, info, False, seq, now)
         return verdict, inner, sa
@@ -490,6 +462,52 @@ class SecurityAssociationDatabase:
             return self._drop(Verdict.NO_SA, d, now, spi)
         verdict, inner = esp.unprotect_at(d, info, p, True, now)
         return verdict, inner, esp
+
+
+def _slide(win: ReplayWindow, seq: int, top: int) -> None:
+    """The fast path's window update for a packet that is not the next in order with a full
+    window (that case is inline): ``ReplayWindow.update`` without its checks."""
+    if seq > top:
+        shift = seq - top  # past the whole window: only seq is left (see ReplayWindow)
+        win.replay_bits = (
+            1 if shift >= win.replay_size else ((win.replay_bits << shift) | 1) & win.replay_mask
+        )
+        win.replay_top = seq
+    else:
+        win.replay_bits |= 1 << (top - seq)
+
+
+def _transport4(sa: EspInbound, d: bytes, pt: bytes, now: float) -> UnprotectResult | None:
+    """Transport mode over IPv4 on the fast path: put the payload back behind the received
+    header (RFC 4303 §3.4.4.1 for the trailer, §3.1.1 for the layout); None when the general
+    path must decide."""
+    n = len(pt)
+    if n < 2:
+        return None
+    pad = pt[-2]
+    nh = pt[-1]
+    end = n - 2 - pad
+    vt, ident, w, addrs = _UNPACK_IPV4_FIELDS(d)
+    if (
+        end >= 0
+        and nh != 59
+        and pt[end : n - 2] == PADDING[pad]
+        and addrs & sa.sel_mask == sa.sel_net
+    ):
+        itl = 20 + end
+        w = (w & 0xFFFFFF00) | nh
+        hdr = _PACK_IPV4(
+            vt, itl, ident, w, 0xFFFE - (vt + itl + ident + w + addrs - 1) % 0xFFFF, addrs
+        )
+        p = sa._packets + 1
+        b = sa.octets + itl
+        if p < sa._next_packets and b < sa._next_octets:
+            sa._packets = p
+            sa.octets = b
+        else:
+            sa._account(itl, now)
+        return _DELIVERED, hdr + pt[:end], sa
+    return None
 
 
 Sad = SecurityAssociationDatabase

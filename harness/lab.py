@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -322,12 +322,20 @@ class CaseContext:
         self.put.capabilities().require((), scenario)
         return scenario
 
-    def establish(self, scenario: Scenario, timeout: float = 30.0, *, fresh: bool = True) -> None:
+    def establish(
+        self,
+        scenario: Scenario,
+        timeout: float = 30.0,
+        *,
+        fresh: bool = True,
+        before_initiate: Callable[[], None] | None = None,
+    ) -> None:
         """Configure both ends and let the side the role names initiate.
 
         ``fresh``: first delete any IKE SA left by an earlier case, so this case negotiates
         its own. The run's ``--put-misbehave`` switches are applied again after configuring
-        (a configuration change that restarts the reference node would lose them).
+        (a configuration change that restarts the reference node would lose them), then
+        ``before_initiate`` runs (a case's own switches for the SA about to be made).
         """
         put, tester = self.put, self.tester
         if fresh:
@@ -336,6 +344,8 @@ class CaseContext:
             put.configure(scenario)
             tester.configure(scenario)
         self.apply_misbehaviours()
+        if before_initiate is not None:
+            before_initiate()
         initiator = put if self.put_initiates else tester
         with self.step(f"{initiator.kind} initiates"):
             initiator.initiate(timeout=timeout)

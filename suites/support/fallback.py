@@ -735,7 +735,7 @@ class RefFb:
         with self.ctx.step("configure I (reference, virtual clock) and R (tester)"):
             self.put.configure(self.sc)
             self.tester.configure(self.sc)
-            reapply_misbehaviours(self.ctx)
+            self.ctx.apply_misbehaviours()
             reset_tester(self.tester)
             _quiet(self.put.client.terminate)
             _quiet(self.tester.client.terminate)
@@ -990,17 +990,6 @@ def reset_tester(tester: Any) -> None:
         tester.client.misbehave(name, False)
     if tester.client.clock().get("mode") != "real":
         tester.client.clock("real")
-
-
-def reapply_misbehaviours(ctx: CaseContext) -> None:
-    """The run's ``--put-misbehave`` switches, again: the lab sets them once when it starts the
-    peer, and a ``configure`` that restarts the node (new addresses or ports) loses them."""
-    from harness.peers.reference import ReferencePeer
-
-    put = ctx.put
-    if isinstance(put, ReferencePeer):
-        for name, value in ctx.lab.options.misbehaviour_values():
-            put.impair(name, value)
 
 
 def _quiet(fn: Callable[[], Any]) -> None:

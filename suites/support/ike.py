@@ -1616,18 +1616,9 @@ def configure_put(
     """Load ``scenario`` into the PUT (the tester is not configured: the harness plays it)."""
     with ctx.step("configure the PUT"):
         ctx.put.configure(scenario)
-        reapply_misbehaviours(ctx)
+        ctx.apply_misbehaviours()  # a configure that restarts the node loses them
         if extra is not None:
             extra(ctx.put)
-
-
-def reapply_misbehaviours(ctx: CaseContext) -> None:
-    """The run's ``--put-misbehave`` switches again: the lab sets them when it starts the PUT,
-    and a ``configure`` that restarts the node (new addresses or ports) loses them."""
-    put = ctx.put
-    if put.kind == "reference":
-        for name, value in ctx.lab.options.misbehaviour_values():
-            put.impair(name, value)  # type: ignore[attr-defined]
 
 
 class PutInitiation:

@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from harness.peers.base import NotApplicable, Peer, PeerError, Proposal, Scenario, wait_for_sa
+from harness.peers.base import NotApplicable, Peer, PeerError, Proposal, Scenario
 from harness.probes.craft import AhCrafter, EspCrafter, mutate_ipv4
 from harness.probes.keys import IpsecSaEntry, KeySet
 from harness.probes.pcap import PacketKind, WirePacket, ip_packet
@@ -820,22 +820,6 @@ def put_inbound_drops(ctx: CaseContext, spi: int) -> dict[str, int] | None:
 # --- setting up ---------------------------------------------------------------------------------
 
 
-def _clear(ctx: CaseContext) -> None:
-    """No IKE SA left at either end (each case negotiates its own)."""
-    tester, put = ctx.tester, ctx.put
-    try:
-        if tester.list_sas():
-            tester.terminate(timeout=5.0)
-    except PeerError:
-        pass
-    try:
-        if any(sa.established for sa in put.list_sas()) and put.scenario is not None:
-            put.terminate(timeout=5.0)
-        wait_for_sa(put, lambda sas: not sas, 5.0, "no IKE SA left")
-    except (PeerError, NotApplicable):  # NotApplicable: an external device's SAs
-        pass
-
-
 @contextmanager
 def open_tunnel(
     ctx: CaseContext,
@@ -884,28 +868,22 @@ def open_tunnel(
         rec.parameter("mode", mode)
         rec.parameter("replay_window", "default" if replay_window is None else replay_window)
     client = ctx.tester.client  # type: ignore[attr-defined]
-    put, tester = ctx.put, ctx.tester
+    put = ctx.put
     restore: dict[str, Any] = {}
-    with ctx.step("fresh Child SA"):
-        _clear(ctx)
-        with ctx.step("configure both peers"):
-            put.configure(scenario)
-            tester.configure(scenario)
-        # The run's --put-misbehave switches again (a configure that restarts the node loses
-        # them), then this case's own, before the SA is made (some apply to new SAs only).
-        if put.kind == "reference":
-            for name, value in ctx.lab.options.misbehaviour_values():
-                put.impair(name, value)  # type: ignore[attr-defined]
-            if put_switches:
-                active = put.client.misbehaviours()["active"]  # type: ignore[attr-defined]
-                for name, value in put_switches.items():
-                    restore[name] = active.get(name, 0)
-                    put.impair(name, value)  # type: ignore[attr-defined]
-        elif put_switches:
+
+    def switch_on() -> None:
+        """This case's own switches, before the SA is made (some apply to new SAs only)."""
+        if not put_switches:
+            return
+        if put.kind != "reference":
             raise NotApplicable([f"{put.kind}: the harness has no switch {sorted(put_switches)}"])
-        initiator = put if ctx.put_initiates else tester
-        with ctx.step(f"{initiator.kind} initiates"):
-            initiator.initiate(timeout=30.0)
+        active = put.client.misbehaviours()["active"]  # type: ignore[attr-defined]
+        for name, value in put_switches.items():
+            restore[name] = active.get(name, 0)
+            put.impair(name, value)  # type: ignore[attr-defined]
+
+    with ctx.step("fresh Child SA"):
+        ctx.establish(scenario, before_initiate=switch_on)
     client.record_received(False)
     client.record_received(True)
     if _observe_stack(ctx.put):

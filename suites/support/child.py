@@ -55,10 +55,10 @@ from reference_impl.crypto import (
     prf,
 )
 from reference_impl.crypto.kdf import ChildKeys
-from reference_impl.driver import AhInbound, EspInbound, SaOptions
+from reference_impl.driver import AhInbound, SaOptions
 from reference_impl.driver import Verdict as DriverVerdict
 from reference_impl.driver.base import DriverContext
-from reference_impl.driver.packet import IPPROTO_AH, IPPROTO_ESP, checksum, parse_ip
+from reference_impl.driver.packet import IPPROTO_AH, IPPROTO_ESP, parse_ip
 from reference_impl.ike import payloads as v2p
 from reference_impl.ike.enums import NotifyType
 from reference_impl.ike.messages import HEADER_LEN, Message
@@ -93,6 +93,7 @@ from suites.support.ike import (
     transform,
     udp4,
 )
+from suites.support.ipsec import EspOpener, describe, echo_key, echo_packet
 
 if TYPE_CHECKING:
     from harness.lab import CaseContext
@@ -1133,20 +1134,8 @@ class Frame:
         nh = f" nh {self.next_header}" if self.next_header is not None else ""
         return (
             f"{self.time:10.3f} {self.child:<14} spi {self.spi:08x} {self.verdict.name.lower()}"
-            f"{' udp' if self.udp else ''}{nh} {describe_packet(self.inner) if self.inner else ''}"
+            f"{' udp' if self.udp else ''}{nh} {describe(self.inner) if self.inner else ''}"
         )
-
-
-class _EspOpen(EspInbound):
-    """The driver's inbound ESP SA keeping the last plaintext (its Next Header)."""
-
-    last_pt: bytes | None = None
-
-    def after_decrypt(
-        self, pt: bytes, d: bytes, info: Any, udp: bool, seq: int, now: float
-    ) -> tuple[DriverVerdict, bytes]:
-        self.last_pt = pt
-        return super().after_decrypt(pt, d, info, udp, seq, now)
 
 
 @dataclass
@@ -1222,7 +1211,7 @@ class DataPlane:
         params = replace(entry.to_params(replay_window=0), ts_src=(), ts_dst=(), encap=None)
         opener: Any
         if child.protocol == 3:
-            opener = _EspOpen(params, 0.0, DriverContext(0), SaOptions(check_padding=False))
+            opener = EspOpener(params, 0.0, DriverContext(0), SaOptions(check_padding=False))
         else:
             opener = AhInbound(params, 0.0, DriverContext(0), SaOptions(check_padding=False))
         self.openers[child.spi_in_int] = (child, opener)
@@ -1282,7 +1271,7 @@ class DataPlane:
 
                 self._raw = in_netns(netns, make)
             self._raw.sendto(d, (self.put_addr, 0))
-        self.sent.append(f"{child.label} seq {s} {describe_packet(inner)}")
+        self.sent.append(f"{child.label} seq {s} {describe(inner)}")
         return s
 
     def inject_from_put(self, packets: Sequence[bytes]) -> None:
@@ -1337,7 +1326,7 @@ class DataPlane:
         child, opener = hit
         nh: int | None = None
         try:
-            if isinstance(opener, _EspOpen):
+            if isinstance(opener, EspOpener):
                 opener.last_pt = None
                 verdict, inner = opener.unprotect_at(frame, info, off, udp, t)
                 if opener.last_pt:
@@ -1440,7 +1429,7 @@ class DataPlane:
             lines += ["# on SPIs we do not know", *self.unknown[-50:]]
         if self.delivered:
             lines += ["# delivered by the PUT (api plane)"]
-            lines += [f"spi {s:08x} {describe_packet(p)}" for s, p in self.delivered[-50:] if s]
+            lines += [f"spi {s:08x} {describe(p)}" for s, p in self.delivered[-50:] if s]
         return "\n".join(lines)
 
     def close(self) -> None:
@@ -1468,29 +1457,7 @@ def _carries(f: Frame, keys: Sequence[tuple[int, int]]) -> bool:
 
 def echo4(src: str, dst: str, key: tuple[int, int], data: bytes, *, request: bool = True) -> bytes:
     """An IPv4 ICMP echo request/reply (RFC 792) with identifier and sequence number ``key``."""
-    ident, seq = key
-    icmp = struct.pack("!BBHHH", 8 if request else 0, 0, 0, ident, seq) + data
-    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
-    s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), seq, 0, 64, 1, 0, s, d)
-    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + icmp
-
-
-def echo_key(packet: bytes, *, request: bool) -> tuple[int, int] | None:
-    if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != 1:
-        return None
-    off = (packet[0] & 0x0F) * 4
-    if len(packet) < off + 8 or packet[off] != (8 if request else 0):
-        return None
-    ident, seq = struct.unpack_from("!HH", packet, off + 4)
-    return ident, seq
-
-
-def describe_packet(packet: bytes) -> str:
-    if len(packet) >= 20 and packet[0] >> 4 == 4:
-        s, d = ipaddress.IPv4Address(packet[12:16]), ipaddress.IPv4Address(packet[16:20])
-        return f"{s} > {d} proto {packet[9]} len {len(packet)}"
-    return f"{len(packet)} octets"
+    return echo_packet(src, dst, key, data, request=request)
 
 
 # --- the PUT: clock, rekeys, defaults -----------------------------------------------------------

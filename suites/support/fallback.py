@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
+from reference_impl.driver.packet import checksum
+
 if TYPE_CHECKING:
     from harness.lab import CaseContext
     from harness.peers.base import Peer, Scenario
@@ -81,28 +83,19 @@ def wall_tolerance(expected: float) -> float:
 # --- packets (stdlib only: no scapy on the probe path) --------------------------------------------
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return int(~s & 0xFFFF)
-
-
 def ipv4(src: str, dst: str, proto: int, payload: bytes, ident: int = 0) -> bytes:
     """An IPv4 header (RFC 791) in front of ``payload``, checksum computed."""
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, 0x4000, 64, proto, 0,
                       s, d)  # fmt: skip
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + payload
+    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + payload
 
 
 def udp4(src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
     """An IPv4/UDP datagram (RFC 768 checksum over the pseudo-header)."""
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    c = _csum(s + d + struct.pack("!BBH", 0, 17, len(udp)) + udp) or 0xFFFF
+    c = checksum(s + d + struct.pack("!BBH", 0, 17, len(udp)) + udp) or 0xFFFF
     return ipv4(src, dst, 17, udp[:6] + struct.pack("!H", c) + udp[8:])
 
 
@@ -113,13 +106,13 @@ def tcp4(
     """An IPv4/TCP segment (RFC 9293; SYN by default)."""
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0) + payload
-    c = _csum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    c = checksum(s + d + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
     return ipv4(src, dst, 6, tcp[:16] + struct.pack("!H", c) + tcp[18:])
 
 
 def icmp4_echo(src: str, dst: str, ident: int, seq: int, payload: bytes) -> bytes:
     body = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + payload
-    body = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+    body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
     return ipv4(src, dst, 1, body)
 
 
@@ -131,7 +124,7 @@ def icmp4_port_unreachable(
     payload starts with ``quoted`` (a forged ICMP, for policy-spec FB-11)."""
     inner = udp4(quoted_src, quoted_dst, sport, dport, quoted)
     body = struct.pack("!BBHI", 3, 3, 0, 0) + inner[: 20 + 8 + len(quoted)]
-    body = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+    body = body[:2] + struct.pack("!H", checksum(body)) + body[4:]
     return ipv4(src, dst, 1, body)
 
 

@@ -56,6 +56,7 @@ from harness.peers import algorithms
 from harness.peers.base import NotApplicable, Peer, PeerError, Proposal, Scenario
 from harness.report.model import EvidenceKind
 from reference_impl.crypto import dh, encr, ikev2_ike_keys, ikev2_skeyseed, integ, prf
+from reference_impl.driver.packet import checksum
 from reference_impl.ike import payloads as v2p
 from reference_impl.ike.auth import algorithm_identifier, psk_auth, signed_octets, verify_signature
 from reference_impl.ike.certs import cert_der, certreq_authorities
@@ -678,23 +679,14 @@ class SocketWire(Wire):
         self.sock.close()
 
 
-def _csum(b: bytes) -> int:
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return int(~s & 0xFFFF)
-
-
 def udp4(src: str, sport: int, dst: str, dport: int, payload: bytes) -> bytes:
     """An IPv4/UDP datagram with checksums (for a raw socket)."""
     s, d = socket.inet_aton(src), socket.inet_aton(dst)
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    c = _csum(s + d + struct.pack("!BBH", 0, 17, len(udp)) + udp) or 0xFFFF
+    c = checksum(s + d + struct.pack("!BBH", 0, 17, len(udp)) + udp) or 0xFFFF
     udp = udp[:6] + struct.pack("!H", c) + udp[8:]
     hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, s, d)
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + udp
+    return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:] + udp
 
 
 class TapWire(Wire):

@@ -171,7 +171,7 @@ class Outcome:
 # --- the tunnel ---------------------------------------------------------------------------------
 
 
-class _EspOpener(EspInbound):
+class EspOpener(EspInbound):
     """The driver's inbound ESP SA, keeping the plaintext of the packet it verified last."""
 
     last_pt: bytes | None = None
@@ -281,14 +281,14 @@ class Tunnel:
     def _crafter_encap(self) -> tuple[int, int] | None:
         return (NATT, NATT) if self.encap else None
 
-    def opener(self, entry: IpsecSaEntry | None = None) -> _EspOpener | AhInbound:
+    def opener(self, entry: IpsecSaEntry | None = None) -> EspOpener | AhInbound:
         """A fresh inbound SA of the harness for what the PUT sends (no replay window, no
         padding check: the harness judges those itself)."""
         entry = entry or self.from_put
         params = entry.to_params(replay_window=0)
         params = replace(params, ts_src=(), ts_dst=(), encap=None)
         if entry.protocol is IpsecProtocol.ESP:
-            return _EspOpener(params, 0.0, DriverContext(0), _OPEN_OPTIONS)
+            return EspOpener(params, 0.0, DriverContext(0), _OPEN_OPTIONS)
         return AhInbound(params, 0.0, DriverContext(0), _OPEN_OPTIONS)
 
     def next_seq(self) -> int:
@@ -551,7 +551,7 @@ class Tunnel:
 
 def open_wire(
     wp: WirePacket,
-    opener: _EspOpener | AhInbound,
+    opener: EspOpener | AhInbound,
     spi: int,
     esn: bool,
     t: float | None = None,
@@ -573,7 +573,7 @@ def open_wire(
         return None
     when = wp.time if t is None else t
     info = parse_ip(wp.ip, frozenset({IPPROTO_ESP, IPPROTO_AH}))
-    if isinstance(opener, _EspOpener):
+    if isinstance(opener, EspOpener):
         opener.last_pt = None
         verdict, inner = opener.unprotect_at(wp.ip, info, wp.offset, wp.encapsulated, when)
         pt = opener.last_pt

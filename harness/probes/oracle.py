@@ -552,6 +552,34 @@ class Oracle:
         self._bound.add(id(new))
         return new
 
+    def _learn_exchanged(
+        self,
+        pkt: WirePacket,
+        base: dict[str, Any],
+        spi: int,
+        src: str,
+        dst: str,
+        ts_src: tuple[TrafficSelector, ...],
+        ts_dst: tuple[TrafficSelector, ...],
+        keys: tuple[bytes, bytes],
+    ) -> None:
+        """An SA an exchange made (IKEv2 IKE_AUTH/CREATE_CHILD_SA, IKEv1 Quick Mode): ``base``
+        (protocol, algorithms, mode, encapsulation) with one direction's SPI, addresses and
+        selectors, and its keys where the oracle derived them (else empty)."""
+        encr_key, integ_key = keys
+        learned = IpsecSaEntry(
+            spi=spi,
+            src=src,
+            dst=dst,
+            ts_src=ts_src,
+            ts_dst=ts_dst,
+            encr_key=encr_key,
+            integ_key=integ_key,
+            source="derived" if encr_key or integ_key else "exchange",
+            **base,
+        )
+        self._learn_ipsec(learned, pkt.frame, pkt.time)
+
     def _learn_ipsec(self, learned: IpsecSaEntry, frame: int, time: float) -> None:
         """Merge what an exchange said about an SA into the key set; compare derived keys."""
         matches = [
@@ -957,36 +985,8 @@ class Oracle:
                 keys_r = (km.encr_r, km.integ_r)
             except (LocalProtocolError, RemoteProtocolError):
                 pass
-        self._learn_ipsec(
-            IpsecSaEntry(
-                spi=i_to_r_spi,
-                src=req.src,
-                dst=req.dst,
-                ts_src=ts_i,
-                ts_dst=ts_r,
-                encr_key=keys_i[0],
-                integ_key=keys_i[1],
-                source="derived" if keys_i[0] or keys_i[1] else "exchange",
-                **base,
-            ),
-            pkt.frame,
-            pkt.time,
-        )
-        self._learn_ipsec(
-            IpsecSaEntry(
-                spi=r_to_i_spi,
-                src=req.dst,
-                dst=req.src,
-                ts_src=ts_r,
-                ts_dst=ts_i,
-                encr_key=keys_r[0],
-                integ_key=keys_r[1],
-                source="derived" if keys_r[0] or keys_r[1] else "exchange",
-                **base,
-            ),
-            pkt.frame,
-            pkt.time,
-        )
+        self._learn_exchanged(pkt, base, i_to_r_spi, req.src, req.dst, ts_i, ts_r, keys_i)
+        self._learn_exchanged(pkt, base, r_to_i_spi, req.dst, req.src, ts_r, ts_i, keys_r)
 
     # --- IKEv1 ----------------------------------------------------------------------------------
 
@@ -1376,21 +1376,8 @@ class Oracle:
                         e_len + i_len,
                     )
                     ek, ik = km[:e_len], km[e_len:]
-                self._learn_ipsec(
-                    IpsecSaEntry(
-                        spi=int.from_bytes(spi_b),
-                        src=src,
-                        dst=dst,
-                        ts_src=t_src,
-                        ts_dst=t_dst,
-                        encr_key=ek,
-                        integ_key=ik,
-                        source="derived" if ek or ik else "exchange",
-                        **base,
-                    ),
-                    pkt.frame,
-                    pkt.time,
-                )
+                spi = int.from_bytes(spi_b)
+                self._learn_exchanged(pkt, base, spi, src, dst, t_src, t_dst, (ek, ik))
 
     # --- ESP / AH -------------------------------------------------------------------------------
 

@@ -8,9 +8,12 @@ crypto alone that a handshake needs for both ends (key pairs and shared secrets,
 SK_*, four AUTH values, the Child SA KEYMAT, four SK seals and opens) through the registry.
 
 ``vs_crypto_only_*`` is the ratio of the two per CPU second of this process (the steadiest
-figure on a shared machine); the ``*_per_s_*`` figures are wall-clock.
+figure on a shared machine); the ``*_per_s_*`` figures are wall-clock. Each figure is the best
+of ``--rounds`` interleaved rounds of ``--seconds`` / 6 each (the machine is shared: the least
+disturbed round is the one that measures the code; with only a few rounds a burst of load
+on all of them halved the wall figure from one run to the next).
 
-    python bench/ike_handshakes.py [--json] [--seconds S]
+    python bench/ike_handshakes.py [--json] [--seconds S] [--rounds N]
 """
 
 from __future__ import annotations
@@ -170,7 +173,9 @@ def measure(func: Callable[[int], object], seconds: float) -> tuple[float, float
 
 
 def main() -> None:
-    args = parser(__doc__ or "").parse_args()
+    p = parser(__doc__ or "")
+    p.add_argument("--rounds", type=int, default=8, help="interleaved rounds per figure")
+    args = p.parse_args()
     out: dict[str, object] = {"bench": "ike_handshakes", **machine()}
     for name, (proposal, suite) in SUITES.items():
         assert handshakes(proposal, 3) == 3, f"{name}: handshakes do not complete"
@@ -184,7 +189,7 @@ def main() -> None:
             return handshakes(proposal, n)
 
         best = crypto = best_cpu = crypto_cpu = 0.0
-        for _ in range(3):  # interleaved: the machine is shared
+        for _ in range(max(1, args.rounds)):  # interleaved: the machine is shared
             wall, cpu = measure(crypto_run, args.seconds / 6)
             crypto, crypto_cpu = max(crypto, wall), max(crypto_cpu, cpu)
             wall, cpu = measure(handshake_run, args.seconds / 6)

@@ -81,6 +81,7 @@ from suites.support.ike import (
     Rx,
     Wire,
     first,
+    flush_half_open,
     id_payload,
     in_netns,
     natd_hash,
@@ -92,6 +93,7 @@ from suites.support.ike import (
     selected_of,
     transform,
     udp4,
+    virtual_clock,
 )
 from suites.support.ipsec import EspOpener, describe, echo_key, echo_packet
 
@@ -832,6 +834,20 @@ class Session:
     def evidence(self) -> str:
         return "\n".join(self.log)
 
+    def close(self) -> None:
+        """The end of a :func:`responding` or :func:`initiating` block: the owner's current
+        IKE SA is the session's (put_responds/put_initiates delete it), older IKE SAs still
+        established are deleted, the data plane is closed and the exchanges are attached."""
+        self.owner.sa = self.sa
+        for old in self.old:
+            if old.established:
+                with contextlib.suppress(Exception):
+                    self.delete_ike(old, timeout=0.5)
+        if self.plane is not None:
+            self.plane.close()
+        if self.log:
+            note(self.ctx, "session", self.evidence())
+
 
 def _sel_transforms(sel: Selected) -> list[v2p.Transform]:
     out = [v2p.Transform(1, sel.encr_id, sel.encr_bits)]
@@ -886,20 +902,7 @@ def auth_request(
     octets = sa.octets(initiator_signs=True, id_payload=idi)
     ap = auth.payloads(octets, sa.prf, ini.peer_hashes)
     payloads: list[v2p.Payload] = [idi, *ap, *notifies, *(child or ())]
-    mid = sa.next_mid
-    sa.next_mid += 1
-    ini.natt = natt
-    data = sa.seal(IKE_AUTH, mid, payloads, response=False)
-    ini.wire.log(f"   (IKE_AUTH request {mid} inside SK: {' '.join(payload_names(payloads))})")
-    ini.wire.send(data, port=NATT_PORT if natt else IKE_PORT, marker=natt)
-    reply = ini._reply(sa.spi_i, IKE_AUTH, mid, timeout)
-    reply.request = data
-    if reply.message is not None:
-        ini.wire.log(f"   (IKE_AUTH response inside SK: {reply.describe()})")
-        ini.half_open = max(0, ini.half_open - 1)
-        if reply.get(v2p.AuthPayload) is not None:
-            sa.established = True
-    return reply
+    return ini.send_auth(payloads, natt=natt, timeout=timeout)
 
 
 @dataclass
@@ -995,21 +998,14 @@ def responding(
             session._n = 1
         elif payloads is not None and require_child:
             raise SetupFailed(f"the PUT made no Child SA in IKE_AUTH: {answer.describe()}")
-        dp = DataPlane(session) if plane else None
+        if plane:
+            DataPlane(session)  # the session's plane: closed by session.close()
         if first_child is not None:
             session.add_child(first_child)
         try:
             yield Opened(session, init, answer, first_child)
         finally:
-            ini.sa = session.sa  # put_responds deletes the current IKE SA
-            for old in session.old:
-                if old.established:
-                    with contextlib.suppress(Exception):
-                        session.delete_ike(old, timeout=0.5)
-            if dp is not None:
-                dp.close()
-            if session.log:
-                note(ctx, "session", session.evidence())
+            session.close()
 
 
 @dataclass
@@ -1093,22 +1089,15 @@ def initiating(
         resp.wire.send(data, port=NATT_PORT if natt else IKE_PORT, marker=natt)
         sa.established = True
         session = Session(ctx, scenario, resp.wire, sa, natt=natt, owner=resp)
-        dp = DataPlane(session) if plane else None
+        if plane:
+            DataPlane(session)  # the session's plane: closed by session.close()
         if first_child is not None:
             session._n = 1
             session.add_child(first_child)
         try:
             yield Accepted(session, request, first_child)
         finally:
-            resp.sa = session.sa
-            for old in session.old:
-                if old.established:
-                    with contextlib.suppress(Exception):
-                        session.delete_ike(old, timeout=0.5)
-            if dp is not None:
-                dp.close()
-            if session.log:
-                note(ctx, "session", session.evidence())
+            session.close()
 
 
 # --- the data plane -------------------------------------------------------------------------------
@@ -1460,34 +1449,7 @@ def echo4(src: str, dst: str, key: tuple[int, int], data: bytes, *, request: boo
     return echo_packet(src, dst, key, data, request=request)
 
 
-# --- the PUT: clock, rekeys, defaults -----------------------------------------------------------
-
-
-@contextlib.contextmanager
-def virtual_clock(ctx: CaseContext) -> Iterator[Callable[[float], None]]:
-    """A reference PUT on its virtual clock for the duration; yields ``advance(seconds)``
-    (other peers: a real wait). The real clock is restored afterwards."""
-    put = ctx.put
-    client = getattr(put, "client", None)
-    if put.kind != "reference" or client is None:
-
-        def wait(seconds: float) -> None:
-            time.sleep(seconds)
-
-        yield wait
-        return
-    mode = client.clock()["mode"]
-    client.clock("virtual")
-
-    def advance(seconds: float) -> None:
-        client.advance(seconds)
-
-    try:
-        yield advance
-    finally:
-        if mode == "real":
-            with contextlib.suppress(Exception):
-                client.clock("real")
+# --- the PUT: rekeys, defaults ------------------------------------------------------------------
 
 
 def trigger_child_rekey(ctx: CaseContext, put_inbound_spi: bytes) -> None:
@@ -2687,13 +2649,7 @@ def v1_responding(
             wire.close()
             note(ctx, "ike-transcript", "\n".join(wire.transcript))
             note(ctx, "isakmp", s.evidence())
-            _flush_v1(ctx)
-
-
-def _flush_v1(ctx: CaseContext) -> None:
-    from suites.support.ike import flush_half_open
-
-    flush_half_open(ctx)
+            flush_half_open(ctx)
 
 
 class _WhackInitiation:

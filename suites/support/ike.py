@@ -1287,6 +1287,13 @@ class Initiator:
                 v2p.TsI(ts_of(self.me.subnets)),
                 v2p.TsR(ts_of(self.put.subnets)),
             ]
+        return self.send_auth(payloads, natt=natt, timeout=timeout)
+
+    def send_auth(self, payloads: list[v2p.Payload], *, natt: bool, timeout: float) -> Reply:
+        """The IKE_AUTH request with these payloads inside SK (``natt``: to the PUT's NAT-T
+        port with the non-ESP marker) and its answer; an answer with AUTH establishes the SA."""
+        sa = self.sa
+        assert sa is not None, "IKE_SA_INIT did not complete"
         mid = sa.next_mid
         sa.next_mid += 1
         self.natt = natt
@@ -1713,20 +1720,41 @@ _FLUSH_ADVANCE = 31.0
 """The reference node forgets half-open IKE SAs after 30 s (ServiceSettings.half_open_timeout)."""
 
 
+@contextlib.contextmanager
+def virtual_clock(ctx: CaseContext) -> Iterator[Callable[[float], None]]:
+    """A reference PUT on its virtual clock for the duration; yields ``advance(seconds)``
+    (other peers: a real wait). The real clock is restored afterwards."""
+    put = ctx.put
+    client = getattr(put, "client", None)
+    if put.kind != "reference" or client is None:
+
+        def wait(seconds: float) -> None:
+            time.sleep(seconds)
+
+        yield wait
+        return
+    mode = client.clock()["mode"]
+    client.clock("virtual")
+
+    def advance(seconds: float) -> None:
+        client.advance(seconds)
+
+    try:
+        yield advance
+    finally:
+        if mode == "real":
+            with contextlib.suppress(Exception):
+                client.clock("real")
+
+
 def flush_half_open(ctx: CaseContext) -> None:
     """Forget the IKE SAs the harness left half-open on a reference PUT (so that its cookie
     threshold, RFC 7296 §2.6, does not carry over into later cases): its clock is advanced
     past the half-open timeout. strongSwan keeps them for 30 s under raised thresholds."""
-    put = ctx.put
-    if put.kind != "reference":
+    if ctx.put.kind != "reference":
         return
-    client = put.client  # type: ignore[attr-defined]
-    with contextlib.suppress(Exception):
-        mode = client.clock()["mode"]
-        client.clock("virtual")
-        client.advance(_FLUSH_ADVANCE)
-        if mode == "real":
-            client.clock("real")
+    with contextlib.suppress(Exception), virtual_clock(ctx) as advance:
+        advance(_FLUSH_ADVANCE)
 
 
 # --- ESP the PUT sends (RFC 3948) ---

@@ -204,8 +204,11 @@ def device() -> Iterator[Device]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        # Deleting the root end removes the pair at once; a namespace's own devices are
+        # freed by the kernel's deferred cleanup, some time after `ip netns delete` returns.
+        system.run(["ip", "link", "del", root_iface])
         if ns in system.run(["ip", "netns", "list"]).stdout:
-            delete_namespace(ns)  # takes the veth pair with it
+            delete_namespace(ns)
         system.run(["rm", "-rf", str(workdir)])
         run.close()
     assert root_iface not in system.run(["ip", "-o", "link"]).stdout

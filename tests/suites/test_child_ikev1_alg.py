@@ -13,11 +13,7 @@ known-answer test), and the small pieces of ``suites/support/child.py`` that nee
 
 from __future__ import annotations
 
-import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +35,8 @@ from suites.support.child import (
     ts,
     ts_within,
 )
+from tests.suites.runs import ROOT, run_results, verdicts_by_case
 
-ROOT = Path(__file__).resolve().parents[2]
 SUITES = ("ikev2-child", "ikev1", "algorithms")
 
 RECORDED = {
@@ -69,19 +65,10 @@ ACCEPT_MD5 = {("ALG-003", "I"), ("ALG-003", "R"), ("ALG-008", "R")}
 def run(
     tmp_path: Path, *args: str, suites: tuple[str, ...] = SUITES, jobs: int = 2
 ) -> dict[tuple[str, str], str]:
-    reports = tmp_path / "reports"
-    argv = [sys.executable, "-m", "harness.cli", "run", "--topology", "local", "--jobs",
-            str(jobs), "--no-progress", "--reports", str(reports), *args]  # fmt: skip
-    for s in suites:
-        argv += ["--suite", s]
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=900, cwd=ROOT,
-        env={**os.environ, "COLUMNS": "160"},
-    )  # fmt: skip
-    results = reports / "results.json"
-    assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(results.read_text())
-    return {(r["case"], r["role"]): r["verdict"] for r in data["results"]}
+    rows = run_results(
+        tmp_path, "--topology", "local", "--jobs", str(jobs), *args, suites=suites, timeout=900
+    )
+    return verdicts_by_case(rows)
 
 
 def failing(verdicts: dict[tuple[str, str], str]) -> set[tuple[str, str]]:
@@ -144,18 +131,13 @@ def test_strongswan_verdicts_on_netns(tmp_path: Path) -> None:
 
     if not StrongSwanPeer.availability().available:
         pytest.skip(StrongSwanPeer.availability().detail)
-    reports = tmp_path / "reports"
-    argv = [sys.executable, "-m", "harness.cli", "run", "--topology", "netns", "--peer",
-            "strongswan", "--jobs", "1", "--no-progress", "--reports", str(reports)]  # fmt: skip
-    for s in SUITES:
-        argv += ["--suite", s]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=1800, cwd=ROOT)
-    results = reports / "results.json"
-    assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(results.read_text())
+    rows = run_results(
+        tmp_path, "--topology", "netns", "--peer", "strongswan", "--jobs", "1", suites=SUITES,
+        timeout=1800,
+    )  # fmt: skip
     got = {
         (r["case"], r["role"]): (r["verdict"], r.get("known_behaviour"))
-        for r in data["results"]
+        for r in rows
         if r["verdict"] not in ("pass", "not_applicable")
     }
     assert not [k for k, (v, _) in got.items() if v == "error"], got

@@ -8,15 +8,11 @@ AH-005) and IP fragmentation (ESP-016); AH-006 checks its IPv4 half there.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.suites.runs import run_results
 
 ESP = {f"ESP-{n:03d}" for n in range(1, 17)}
 AH = {f"AH-{n:03d}" for n in range(1, 9)}
@@ -29,17 +25,8 @@ fields zeroed), AH-008 (a) (its first packets)."""
 
 
 def run(tmp_path: Path, *args: str, jobs: int = 2) -> dict[tuple[str, str], dict[str, str]]:
-    reports = tmp_path / "reports"
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "--topology", "local", "--jobs", str(jobs),
-         "--no-progress", "--reports", str(reports), *args],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, "COLUMNS": "160"},
-    )  # fmt: skip
-    results = reports / "results.json"
-    assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(results.read_text())
-    return {(r["case"], r["role"]): r for r in data["results"]}
+    rows = run_results(tmp_path, "--topology", "local", "--jobs", str(jobs), *args)
+    return {(r["case"], r["role"]): r for r in rows}
 
 
 def verdicts(results: dict[tuple[str, str], dict[str, str]], *which: str) -> set[str]:

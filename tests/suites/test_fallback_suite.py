@@ -28,8 +28,7 @@ from suites.support.fallback import (
     tcp4,
     udp4,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.suites.runs import ROOT, run_results, verdicts_by_case
 
 # Cases that fail when IKE keeps retransmitting after the fallback (misbehaviour
 # ike_after_fallback): those asserting "no IKE after the fallback" or a fresh schedule later.
@@ -43,18 +42,10 @@ LEAK = {
 
 
 def run(tmp_path: Path, *args: str, jobs: int = 1) -> dict[tuple[str, str], str]:
-    reports = tmp_path / "reports"
-    proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", "--suite", "fallback", "--suite", "spd",
-         "--topology", "local", "--jobs", str(jobs), "--no-progress", "--reports", str(reports),
-         *args],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, "COLUMNS": "160"},
-    )  # fmt: skip
-    results = reports / "results.json"
-    assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(results.read_text())
-    return {(r["case"], r["role"]): r["verdict"] for r in data["results"]}
+    rows = run_results(
+        tmp_path, "--topology", "local", "--jobs", str(jobs), *args, suites=("fallback", "spd")
+    )
+    return verdicts_by_case(rows)
 
 
 def failing(verdicts: dict[tuple[str, str], str]) -> set[str]:

@@ -11,11 +11,7 @@ crafted SA payloads decode as intended, the PKI's certificates chain (or do not)
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import struct
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,8 +38,8 @@ from suites.support.ike import (
     transform,
     udp4,
 )
+from tests.suites.runs import ROOT, run_results, verdicts_by_case
 
-ROOT = Path(__file__).resolve().parents[2]
 SUITES = ("ikev2-negotiation", "ikev2-auth")
 
 NEG_CASES = 23
@@ -63,35 +59,8 @@ ACCEPT_ANY_AUTH = {
 def run(
     tmp_path: Path, *args: str, suites: tuple[str, ...] = SUITES, jobs: int = 1
 ) -> dict[tuple[str, str], str]:
-    reports = tmp_path / "reports"
-    argv = [
-        sys.executable,
-        "-m",
-        "harness.cli",
-        "run",
-        "--topology",
-        "local",
-        "--jobs",
-        str(jobs),
-        "--no-progress",
-        "--reports",
-        str(reports),
-        *args,
-    ]
-    for s in suites:
-        argv += ["--suite", s]
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "160"},
-    )
-    results = reports / "results.json"
-    assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    data = json.loads(results.read_text())
-    return {(r["case"], r["role"]): r["verdict"] for r in data["results"]}
+    rows = run_results(tmp_path, "--topology", "local", "--jobs", str(jobs), *args, suites=suites)
+    return verdicts_by_case(rows)
 
 
 STRONGSWAN = {
@@ -142,38 +111,11 @@ def test_strongswan_verdicts_on_netns(tmp_path: Path) -> None:
     avail = StrongSwanPeer.availability()
     if not avail.available:
         pytest.skip(avail.detail)
-    reports = tmp_path / "reports"
-    argv = [
-        sys.executable,
-        "-m",
-        "harness.cli",
-        "run",
-        "--topology",
-        "netns",
-        "--jobs",
-        "2",
-        "--peer",
-        "strongswan",
-        "--no-progress",
-        "--reports",
-        str(reports),
-    ]
-    for s in SUITES:
-        argv += ["--suite", s]
-    proc = subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
+    rows = run_results(
+        tmp_path, "--topology", "netns", "--jobs", "2", "--peer", "strongswan", suites=SUITES,
         timeout=900,
-        cwd=ROOT,
-        env={**os.environ, "COLUMNS": "160"},
-    )
-    results = reports / "results.json"
-    assert results.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
-    sw = {
-        (r["case"], r["role"]): (r["verdict"], r.get("known_behaviour"))
-        for r in json.loads(results.read_text())["results"]
-    }
+    )  # fmt: skip
+    sw = {(r["case"], r["role"]): (r["verdict"], r.get("known_behaviour")) for r in rows}
     assert len(sw) == 54, sorted(sw)
     other = {k: v for k, v in sw.items() if v[0] != "pass"}
     assert other == STRONGSWAN, other

@@ -12,58 +12,13 @@ import pytest
 
 from harness import system
 from harness.topology import TopologySpec, open_topology, sweep
-from harness.topology.base import Node
 from harness.topology.netns import NetnsTopology, list_namespaces
 from tests.harness.topology.leftovers import kept_alive
+from tests.harness.topology.udp import echo as _echo
+from tests.harness.topology.udp import ping as _ping
+from tests.harness.topology.udp import probe as _probe
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.usefixtures("no_leftovers")]
-
-# A UDP echo server: answers each datagram with the address it came from.
-_ECHO = """
-import socket, sys
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], int(sys.argv[2])))
-print("listening", flush=True)
-while True:
-    data, addr = s.recvfrom(2048)
-    s.sendto(addr[0].encode(), addr)
-"""
-
-# One datagram from a connected socket: prints what came back, "refused" or "silence".
-_PROBE = """
-import socket, sys
-fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(fam, socket.SOCK_DGRAM)
-s.settimeout(float(sys.argv[3]))
-s.connect((sys.argv[1], int(sys.argv[2])))
-try:
-    s.send(b"probe")
-    print(s.recv(2048).decode())
-except ConnectionRefusedError:
-    print("refused")
-except TimeoutError:
-    print("silence")
-except PermissionError:  # an output rule dropped our own datagram
-    print("blocked")
-"""
-
-
-def _echo(node: Node, port: int = 500, family: int = 4) -> None:
-    addr = "::" if family == 6 else "0.0.0.0"
-    node.spawn(f"echo{port}", [sys.executable, "-c", _ECHO, addr, str(port)]).wait_for_log(
-        "listening"
-    )
-
-
-def _probe(src: Node, dst: str, port: int = 500, timeout: float = 0.5) -> str:
-    result = src.exec([sys.executable, "-c", _PROBE, dst, str(port), str(timeout)])
-    assert result.ok, result.stderr
-    return result.stdout.strip()
-
-
-def _ping(src: Node, dst: str) -> bool:
-    return src.exec(["ping", "-c", "1", "-W", "1", dst]).ok
 
 
 def test_direct_pair_has_addresses_on_both_families(tmp_path: Path) -> None:

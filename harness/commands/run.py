@@ -133,6 +133,7 @@ def run(
             raise click.UsageError(f"unknown peer {p!r}; peers are: {', '.join(ADAPTERS)}")
     workers = _workers(jobs)
     topology = _external_checks(peers, topology, target, peer_file, workers)
+    _topology_checks(topology)
     selected = [c for c in all_cases if case_selected(c, list(cases), set(suites))]
     if not selected:
         click.echo("No case matches the selection.", err=True)
@@ -169,7 +170,7 @@ def run(
     if not no_progress and not verbose:
         args += ["--ipsec-progress", "-p", "no:terminal"]
     elif not verbose:
-        args += ["-q", "--no-header", "--tb=no"]
+        args += ["-q", "--no-header", "--tb=no", "-rN"]  # our summary follows
 
     os.environ["IPSEC_INTEROP_COMMAND"] = shlex.join(["ipsec-interop", *sys.argv[1:]])
     results_file = reports / "results.json"
@@ -180,6 +181,20 @@ def run(
 
     status = pytest.main(args)
     sys.exit(_finish(int(status), reports, baseline))
+
+
+def _topology_checks(topology: str) -> None:
+    """A backend that cannot run here (netns without root, docker without an engine) is one
+    clear error and exit 3 before anything starts, not an error in every case."""
+    from harness.topology.base import Unsupported, backend_class
+
+    try:
+        ok, why = backend_class(topology).available()
+    except (ValueError, Unsupported) as exc:
+        ok, why = False, str(exc)
+    if not ok:
+        click.echo(f"Error: --topology {topology} cannot run here: {why}", err=True)
+        sys.exit(ExitCode.ENVIRONMENT_ERROR)
 
 
 def _external_checks(

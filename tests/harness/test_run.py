@@ -57,9 +57,12 @@ def suites_pkg(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
+        **(env or {}),
         "IPSEC_INTEROP_SUITES": "demosuites",
         "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "COLUMNS": "160",
@@ -119,3 +122,15 @@ def test_parallel_workers_give_the_same_verdicts(suites_pkg: Path) -> None:
     assert proc.returncode == ExitCode.CONFORMANCE_FAILURE, proc.stdout + proc.stderr
     assert verdicts(suites_pkg)[("DEMO-002", "R")] == "fail"
     assert len(verdicts(suites_pkg)) == 5
+
+
+def test_a_backend_that_cannot_run_here_is_one_error_before_anything_starts(
+    suites_pkg: Path, tmp_path: Path
+) -> None:
+    gone = tmp_path / "no-such-docker.sock"
+    env = {"DOCKER_HOST": f"unix://{gone}"}
+    proc = run_cli(suites_pkg, "--topology", "docker", "--no-progress", env=env)
+    assert proc.returncode == ExitCode.ENVIRONMENT_ERROR, proc.stdout + proc.stderr
+    assert "--topology docker cannot run here: no Docker engine answers" in proc.stderr
+    assert str(gone) in proc.stderr
+    assert not (suites_pkg / "reports" / "results.json").exists()  # no case was started

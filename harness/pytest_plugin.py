@@ -126,6 +126,7 @@ def pytest_configure(config: pytest.Config) -> None:
         misbehaviours=tuple(config.getoption("--ipsec-put-misbehave")),
     )
     config.stash[_OPTIONS] = options
+    _interrupt_on_termination()
     if _is_worker(config):
         from harness.report import Recorder
 
@@ -252,6 +253,24 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         finally:
             context.attach_evidence()
     return True
+
+
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP (a CI job cancelled, a terminal closed) stop the run as Ctrl-C
+    does: pytest's interrupt path tears down the lab (topologies, peers) and writes the
+    reports of the cases that finished. Were they ``SystemExit``, as outside pytest, the case
+    running at the time would only fail and the run would go on."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

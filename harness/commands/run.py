@@ -275,7 +275,11 @@ def _finish(status: int, reports: Path, baseline: str | None) -> int:
     console = Console()
     results_file = reports / "results.json"
     if status == pytest.ExitCode.INTERRUPTED:
-        console.print("[red]run interrupted[/red]")
+        done = ""
+        if results_file.exists():
+            n = len(RunResults.load(results_file).results)
+            done = f"; the reports hold the {n} results that finished: {reports / 'index.html'}"
+        console.print(f"[red]run interrupted[/red]{done}")
         return ExitCode.ENVIRONMENT_ERROR
     if status == pytest.ExitCode.USAGE_ERROR:
         return ExitCode.USAGE_ERROR

@@ -134,3 +134,66 @@ def test_a_backend_that_cannot_run_here_is_one_error_before_anything_starts(
     assert "--topology docker cannot run here: no Docker engine answers" in proc.stderr
     assert str(gone) in proc.stderr
     assert not (suites_pkg / "reports" / "results.json").exists()  # no case was started
+
+
+BLOCKING = textwrap.dedent(
+    """
+    import os, threading
+    from pathlib import Path
+    from harness.cases import case
+
+
+    @case("DEMO-101", suite="demo", rfc="4303 §2", level="MUST", roles="R", title="quick")
+    def test_demo_101(ctx):
+        pass
+
+
+    @case("DEMO-102", suite="demo", rfc="4303 §2", level="MUST", roles="R", title="blocks")
+    def test_demo_102(ctx):
+        Path(os.environ["DEMO_STARTED"]).write_text("started")
+        threading.Event().wait(120)  # until the run is stopped
+    """
+)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stopped_run_ends_at_once_and_keeps_what_finished(tmp_path: Path, sig: str) -> None:
+    """SIGTERM (a cancelled CI job) ends the run like Ctrl-C: not only the case running at
+    the time. The reports hold the results that finished; the exit code is 3."""
+    import signal
+    import time
+
+    pkg = tmp_path / "demosuites"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "conftest.py").write_text('pytest_plugins = ["harness.pytest_plugin"]\n')
+    (pkg / "test_demo.py").write_text(BLOCKING)
+    started = tmp_path / "started"
+    env = {
+        **os.environ,
+        "IPSEC_INTEROP_SUITES": "demosuites",
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "DEMO_STARTED": str(started),
+    }
+    argv = [sys.executable, "-m", "harness.cli", "run", "--reports", str(tmp_path / "reports"),
+            "--jobs", "1", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the blocking case never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.Signals[sig])
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.ENVIRONMENT_ERROR, out
+    assert "run interrupted" in out
+    data = json.loads((tmp_path / "reports" / "results.json").read_text())
+    assert [(r["case"], r["verdict"]) for r in data["results"]] == [("DEMO-101", "pass")]

@@ -94,6 +94,12 @@ def register(cli: click.Group) -> None:
     help="Switch on a deliberate misbehaviour of a reference peer under test "
     "(to check that the suites notice it).",
 )
+@click.option(
+    "--no-build",
+    is_flag=True,
+    help="With --topology docker: fail when an image is missing or older than the working "
+    "tree, instead of building it (see `ipsec-interop images`).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress display.")
 @click.option("-v", "--verbose", is_flag=True, help="Show pytest's own output.")
 def run(
@@ -110,6 +116,7 @@ def run(
     reports_dir: str,
     export_keys: bool | None,
     misbehave: tuple[str, ...],
+    no_build: bool,
     no_progress: bool,
     verbose: bool,
 ) -> None:
@@ -133,7 +140,7 @@ def run(
             raise click.UsageError(f"unknown peer {p!r}; peers are: {', '.join(ADAPTERS)}")
     workers = _workers(jobs)
     topology = _external_checks(peers, topology, target, peer_file, workers)
-    _topology_checks(topology)
+    _topology_checks(topology, peers, build=not no_build)
     selected = [c for c in all_cases if case_selected(c, list(cases), set(suites))]
     if not selected:
         click.echo("No case matches the selection.", err=True)
@@ -183,9 +190,11 @@ def run(
     sys.exit(_finish(int(status), reports, baseline))
 
 
-def _topology_checks(topology: str) -> None:
+def _topology_checks(topology: str, peers: tuple[str, ...], *, build: bool) -> None:
     """A backend that cannot run here (netns without root, docker without an engine) is one
-    clear error and exit 3 before anything starts, not an error in every case."""
+    clear error and exit 3 before anything starts, not an error in every case. On docker, the
+    images the run needs are built first when missing or older than the working tree
+    (cached layers: seconds; a first build: minutes), unless ``build`` is off."""
     from harness.topology.base import Unsupported, backend_class
 
     try:
@@ -194,6 +203,33 @@ def _topology_checks(topology: str) -> None:
         ok, why = False, str(exc)
     if not ok:
         click.echo(f"Error: --topology {topology} cannot run here: {why}", err=True)
+        sys.exit(ExitCode.ENVIRONMENT_ERROR)
+    if topology == "docker":
+        _docker_images(peers or ("reference",), build=build)
+
+
+def _docker_images(peers: tuple[str, ...], *, build: bool) -> None:
+    from harness import images
+
+    wanted = ["reference", *(p for p in peers if p in images.SPECS and p != "reference")]
+    problems: dict[str, str] = {}
+    for name in wanted:
+        try:
+            images.require_image(name)
+        except images.ImageError as exc:
+            problems[name] = str(exc)
+    if not problems:
+        return
+    if not build:
+        for why in problems.values():
+            click.echo(f"Error: {why}", err=True)
+        sys.exit(ExitCode.ENVIRONMENT_ERROR)
+    for why in problems.values():
+        click.echo(f"{why.split(';')[0]}: building it now", err=True)
+    try:
+        images.build(list(problems), log=lambda line: click.echo(f"  {line}", err=True))
+    except images.ImageError as exc:
+        click.echo(f"Error: {exc}", err=True)
         sys.exit(ExitCode.ENVIRONMENT_ERROR)
 
 

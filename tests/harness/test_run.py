@@ -197,3 +197,37 @@ def test_a_stopped_run_ends_at_once_and_keeps_what_finished(tmp_path: Path, sig:
     assert "run interrupted" in out
     data = json.loads((tmp_path / "reports" / "results.json").read_text())
     assert [(r["case"], r["verdict"]) for r in data["results"]] == [("DEMO-101", "pass")]
+
+
+def test_docker_images_a_run_needs_are_built_first_unless_no_build(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness import images
+    from harness.commands import run as run_command
+
+    def require(name: str) -> str:
+        if name == "strongswan":
+            raise images.StaleImage("image ipsec-interop/strongswan:1 is stale: its build-hash ...")
+        return f"ipsec-interop/{name}:1"
+
+    built: list[list[str]] = []
+    monkeypatch.setattr(images, "require_image", require)
+    monkeypatch.setattr(images, "build", lambda names, log: built.append(list(names)) or [])
+    run_command._docker_images(("strongswan", "libreswan"), build=True)
+    assert built == [["strongswan"]]  # the reference image (the tester) is current
+    assert "strongswan:1 is stale" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as stop:
+        run_command._docker_images(("strongswan",), build=False)
+    assert stop.value.code == ExitCode.ENVIRONMENT_ERROR
+    assert built == [["strongswan"]]
+    assert "Error: image ipsec-interop/strongswan:1 is stale" in capsys.readouterr().err
+
+    def failing(names: list[str], log: object) -> None:
+        raise images.ImageError("building ipsec-interop/strongswan:1 failed (log: x)")
+
+    monkeypatch.setattr(images, "build", failing)
+    with pytest.raises(SystemExit) as stop:
+        run_command._docker_images(("strongswan",), build=True)
+    assert stop.value.code == ExitCode.ENVIRONMENT_ERROR
+    assert "building ipsec-interop/strongswan:1 failed" in capsys.readouterr().err

@@ -206,6 +206,31 @@ def _topology_checks(topology: str, peers: tuple[str, ...], *, build: bool) -> N
         sys.exit(ExitCode.ENVIRONMENT_ERROR)
     if topology == "docker":
         _docker_images(peers or ("reference",), build=build)
+    else:
+        _host_peers(topology, peers)
+
+
+def _host_peers(topology: str, peers: tuple[str, ...]) -> None:
+    """Peers that run from this host's installation: each must be able to run here. A peer
+    that cannot would make every case "not applicable", and a run that tested nothing would
+    look green."""
+    from harness.lab import NEEDS_NODE
+    from harness.peers.registry import AdapterMissing, peer_class
+
+    for kind in peers:
+        if kind == "external":
+            continue
+        if kind in NEEDS_NODE and topology == "local":
+            raise click.UsageError(f"--peer {kind} {NEEDS_NODE[kind]}")
+        try:
+            avail = peer_class(kind).availability()
+        except AdapterMissing as exc:
+            avail_ok, detail = False, str(exc)
+        else:
+            avail_ok, detail = avail.available, avail.detail
+        if not avail_ok:
+            click.echo(f"Error: peer {kind} cannot run here: {detail}", err=True)
+            sys.exit(ExitCode.ENVIRONMENT_ERROR)
 
 
 def _docker_images(peers: tuple[str, ...], *, build: bool) -> None:

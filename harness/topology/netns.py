@@ -229,7 +229,10 @@ class NetnsTopology(Topology):
     @classmethod
     def available(cls) -> tuple[bool, str]:
         if os.geteuid() != 0:
-            return False, "needs root"
+            return False, (
+                "needs root (network namespaces, veth links, nftables); without root, "
+                "--topology local runs the reference peer on loopback"
+            )
         if system.which("ip") is None:
             return False, "ip (iproute2) is not installed"
         if system.which("nft") is None:

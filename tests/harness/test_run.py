@@ -115,6 +115,11 @@ def test_nothing_selected_and_usage_errors(suites_pkg: Path) -> None:
     assert run_cli(suites_pkg, "--suite", "nosuch").returncode == ExitCode.USAGE_ERROR
     assert run_cli(suites_pkg, "--peer", "nosuch").returncode == ExitCode.USAGE_ERROR
     assert run_cli(suites_pkg, "--peer", "external").returncode == ExitCode.USAGE_ERROR
+    # A peer that cannot run on the topology would make every case "not applicable": a run
+    # that tested nothing and exits 0. It is a usage error instead.
+    local = run_cli(suites_pkg, "--peer", "strongswan")
+    assert local.returncode == ExitCode.USAGE_ERROR
+    assert "--peer strongswan needs --topology netns or docker" in local.stderr
 
 
 def test_parallel_workers_give_the_same_verdicts(suites_pkg: Path) -> None:

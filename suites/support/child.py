@@ -1699,6 +1699,8 @@ V1_MM = 2
 V1_AM = 4
 V1_INFO = 5
 V1_QM = 32
+_QM1_RETRANSMIT = 1.0
+"""Seconds of silence after which the harness sends its QM1 again."""
 V1_E = 0x01
 """The Encryption flag (RFC 2408 §3.1)."""
 
@@ -2416,11 +2418,21 @@ class V1Session:
         data, q.iv = self.protected(V1_QM, msgid, [HashPayload(h1), *rest], q.iv)
         self.send(data, what=f"QM1 M-ID {msgid:#010x}")
         info_iv = self._qm_iv  # Informational answers use their own M-ID's IV
-        v = self.next_message(
-            lambda m: m.header.message_id == msgid or m.exchange == V1_INFO,
-            timeout=timeout,
-            label="QM2",
-        )
+        # QM1 is sent again after a second of silence, as an initiator's retransmission timer
+        # would (RFC 2408 §5): right after Aggressive Mode's AM3 a responder may still be
+        # finishing phase 1 and drop the QM1 that overtook it (strongSwan: "ignoring
+        # QUICK_MODE request while phase 1 is incomplete"). An answer ends the wait at once.
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            v = self.next_message(
+                lambda m: m.header.message_id == msgid or m.exchange == V1_INFO,
+                timeout=max(0.0, min(left, _QM1_RETRANSMIT)),
+                label="QM2",
+            )
+            if v is not None or left <= _QM1_RETRANSMIT:
+                break
+            self.send(data, what=f"QM1 M-ID {msgid:#010x} (retransmitted)")
         if v is None:
             return q
         if v.exchange == V1_INFO:

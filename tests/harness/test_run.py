@@ -15,7 +15,7 @@ import pytest
 from harness.exitcodes import ExitCode
 
 SUITE = textwrap.dedent(
-    '''
+    """
     from harness.cases import case
     from harness.peers.base import NotApplicable
 
@@ -43,7 +43,7 @@ SUITE = textwrap.dedent(
           title="needs something the peer lacks")
     def test_demo_004(ctx):
         raise NotApplicable(["ah: protocol not supported"])
-    '''
+    """
 )
 
 

@@ -330,7 +330,7 @@ def _finish(status: int, reports: Path, baseline: str | None) -> int:
     import pytest
     from rich.console import Console
 
-    from harness.report import RunResults, run_exit_code
+    from harness.report import CaseResult, RunResults, run_exit_code
     from harness.report.summary import summary_tables
 
     console = Console()
@@ -351,14 +351,23 @@ def _finish(status: int, reports: Path, baseline: str | None) -> int:
     for table in summary_tables(results):
         console.print(table)
     problems = [r for r in results.results if r.verdict.value in ("fail", "error")]
-    for r in problems[:50]:
-        console.print(
-            f"[red]{r.verdict.value.upper()}[/red] {r.case} {r.peer} {r.role.value}: {r.reason}"
-        )
-        if r.rerun:
-            console.print(f"    rerun: {r.rerun}", style="dim")
-    if len(problems) > 50:
-        console.print(f"... and {len(problems) - 50} more in the report")
+    # One line per reason: a peer that cannot start fails every case the same way.
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for r in problems:
+        groups.setdefault((r.verdict.value, r.reason or ""), []).append(r)
+    for (verdict, reason), group in list(groups.items())[:50]:
+        head = f"[red]{verdict.upper()}[/red]"
+        if len(group) == 1:
+            r = group[0]
+            console.print(f"{head} {r.case} {r.peer} {r.role.value}: {reason}")
+            if r.rerun:
+                console.print(f"    rerun: {r.rerun}", style="dim")
+            continue
+        names = ", ".join(f"{r.case} {r.peer} {r.role.value}" for r in group[:6])
+        more = f" and {len(group) - 6} more" if len(group) > 6 else ""
+        console.print(f"{head} {len(group)} results ({names}{more}): {reason}")
+    if len(groups) > 50:
+        console.print(f"... and {len(groups) - 50} more reasons in the report")
     if baseline:
         from harness.report.baseline import compare, exit_code, load
         from harness.report.summary import deviations_table

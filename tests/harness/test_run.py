@@ -236,3 +236,40 @@ def test_docker_images_a_run_needs_are_built_first_unless_no_build(
         run_command._docker_images(("strongswan",), build=True)
     assert stop.value.code == ExitCode.ENVIRONMENT_ERROR
     assert "building ipsec-interop/strongswan:1 failed" in capsys.readouterr().err
+
+
+SAME_REASON = textwrap.dedent(
+    """
+    from harness.cases import case
+
+
+    @case("DEMO-201", suite="demo", rfc="4303 §2", level="MUST", roles="IR", title="a")
+    def test_demo_201(ctx):
+        assert False, "the peer did not start"
+
+
+    @case("DEMO-202", suite="demo", rfc="4303 §2", level="MUST", roles="IR", title="b")
+    def test_demo_202(ctx):
+        assert False, "the peer did not start"
+
+
+    @case("DEMO-203", suite="demo", rfc="4303 §2", level="MUST", roles="R", title="c")
+    def test_demo_203(ctx):
+        assert False, "its own reason"
+    """
+)
+
+
+def test_results_failing_for_one_reason_are_listed_once(tmp_path: Path) -> None:
+    pkg = tmp_path / "demosuites"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "conftest.py").write_text('pytest_plugins = ["harness.pytest_plugin"]\n')
+    (pkg / "test_demo.py").write_text(SAME_REASON)
+    proc = run_cli(tmp_path, "--no-progress")
+    assert proc.returncode == ExitCode.CONFORMANCE_FAILURE, proc.stdout + proc.stderr
+    out = " ".join(proc.stdout.split())  # rich wraps long lines
+    assert out.count("the peer did not start") == 1, out
+    assert "FAIL 4 results (DEMO-201 reference I, DEMO-201 reference R, DEMO-202" in out
+    assert "FAIL DEMO-203 reference R: its own reason" in out
+    assert "rerun: ipsec-interop run --case DEMO-203 --peer reference --role R" in out

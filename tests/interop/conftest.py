@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -95,30 +96,30 @@ def ref(topo: Topology) -> Iterator[ReferencePeer]:
         peer.stop()
 
 
-@pytest.fixture(scope="module")
-def strongswan(topo: Topology) -> Iterator[StrongSwanPeer]:
-    avail = StrongSwanPeer.availability()
+_Started = TypeVar("_Started", StrongSwanPeer, LibreswanPeer)
+
+
+def _started(cls: type[_Started], topo: Topology) -> Iterator[_Started]:
+    """The peer ``cls`` started on ``b`` (skips when it cannot run here), stopped afterwards."""
+    avail = cls.availability()
     if not avail.available:
         pytest.skip(avail.detail)
-    peer = StrongSwanPeer(topo.node("b"))
+    peer = cls(topo.node("b"))
     try:
         peer.start()
         yield peer
     finally:
         peer.stop()
+
+
+@pytest.fixture(scope="module")
+def strongswan(topo: Topology) -> Iterator[StrongSwanPeer]:
+    yield from _started(StrongSwanPeer, topo)
 
 
 @pytest.fixture(scope="module")
 def libreswan(topo: Topology) -> Iterator[LibreswanPeer]:
-    avail = LibreswanPeer.availability()
-    if not avail.available:
-        pytest.skip(avail.detail)
-    peer = LibreswanPeer(topo.node("b"))
-    try:
-        peer.start()
-        yield peer
-    finally:
-        peer.stop()
+    yield from _started(LibreswanPeer, topo)
 
 
 @pytest.fixture(scope="module")

@@ -448,6 +448,35 @@ class Node(ABC):
         return f"{type(self).__name__}({self.name}, {self.addresses.v4})"
 
 
+class HostProcessNode(Node):
+    """A node whose processes are plain processes of this host: no namespace of their own,
+    no mounts (the ``local`` and ``host`` backends)."""
+
+    def exec(
+        self, argv: Sequence[str], *, timeout: float = 30.0, env: Mapping[str, str] | None = None
+    ) -> system.Completed:
+        return system.run(argv, timeout=timeout, env=env)
+
+    def _spawn(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str],
+        private_run: bool,
+        binds: Mapping[str, str],
+    ) -> subprocess.Popen[bytes]:
+        if binds:
+            raise self._no_binds()
+        # private_run is a no-op: the processes share the host's /run (a program that needs
+        # its own /run, like charon, needs the netns or docker backend).
+        return system.spawn(argv, log_path=log_path, env=env)
+
+    def _no_binds(self) -> Unsupported:
+        return Unsupported(
+            FEATURE_BINDS, f"the {self.topology.backend} backend has no private mount namespace"
+        )
+
+
 _open_topologies: set[Topology] = set()
 """Started and not yet closed (strong references: atexit must find even forgotten ones)."""
 _hooks_installed = False

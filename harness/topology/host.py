@@ -38,6 +38,7 @@ from harness.topology.base import (
     TCPDUMP,
     Addresses,
     Capture,
+    HostProcessNode,
     Link,
     Node,
     Topology,
@@ -122,7 +123,7 @@ def check_udp_free(address: str, port: int) -> None:
             raise TopologyError(f"cannot bind UDP {address}:{port}: {exc.strerror}") from None
 
 
-class HostNode(Node):
+class HostNode(HostProcessNode):
     """Our end: processes in the host's network namespace, on one local address."""
 
     topology: HostTopology
@@ -132,23 +133,8 @@ class HostNode(Node):
         self.iface = iface
         """The interface towards the device (``lo`` for a local address)."""
 
-    def exec(
-        self, argv: Sequence[str], *, timeout: float = 30.0, env: Mapping[str, str] | None = None
-    ) -> system.Completed:
-        return system.run(argv, timeout=timeout, env=env)
-
-    def _spawn(
-        self,
-        argv: Sequence[str],
-        log_path: Path,
-        env: Mapping[str, str],
-        private_run: bool,
-        binds: Mapping[str, str],
-    ) -> subprocess.Popen[bytes]:
-        if binds:
-            raise HostUnsupported(FEATURE_BINDS, "the host topology mounts nothing")
-        # private_run: not honoured (as on ``local``): no mount namespace on the host.
-        return system.spawn(argv, log_path=log_path, env=env)
+    def _no_binds(self) -> Unsupported:
+        return HostUnsupported(FEATURE_BINDS, "the host topology mounts nothing")
 
     def _apply_firewall(self) -> None:
         if self.firewall.closed or self.firewall.loss_percent:

@@ -23,21 +23,17 @@ import errno
 import os
 import random
 import socket
-import subprocess
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from harness import system
 from harness.topology.base import (
-    FEATURE_BINDS,
     FEATURE_CAPTURE,
     FEATURE_DROP,
     FEATURE_REJECT,
     TCPDUMP,
     Addresses,
     Capture,
+    HostProcessNode,
     Link,
-    Node,
     Topology,
     TopologyError,
     Unsupported,
@@ -53,7 +49,7 @@ def _free_udp_port(addr: str) -> int:
         return port
 
 
-class LocalNode(Node):
+class LocalNode(HostProcessNode):
     """A node that is an address on the host's loopback."""
 
     topology: LocalTopology
@@ -71,25 +67,6 @@ class LocalNode(Node):
         """``open``, ``drop`` or ``reject`` for this node's logical UDP ``port``."""
         state = self.firewall.closed.get(port)
         return state[0] if state else "open"
-
-    def exec(
-        self, argv: Sequence[str], *, timeout: float = 30.0, env: Mapping[str, str] | None = None
-    ) -> system.Completed:
-        return system.run(argv, timeout=timeout, env=env)
-
-    def _spawn(
-        self,
-        argv: Sequence[str],
-        log_path: Path,
-        env: Mapping[str, str],
-        private_run: bool,
-        binds: Mapping[str, str],
-    ) -> subprocess.Popen[bytes]:
-        if binds:
-            raise Unsupported(FEATURE_BINDS, "the local backend has no private mount namespace")
-        # private_run is a no-op: local processes share the host's /run (a program that needs
-        # its own /run, like charon, needs the netns or docker backend).
-        return system.spawn(argv, log_path=log_path, env=env)
 
     def _apply_firewall(self) -> None:
         for port, (how, direction) in self.firewall.closed.items():

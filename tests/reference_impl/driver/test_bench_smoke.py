@@ -28,7 +28,16 @@ def test_esp_throughput_runs() -> None:
         check=True,
     )
     result = json.loads(out.stdout)
-    for key in ("protect_vs_scapy", "unprotect_vs_scapy", "protect_vs_aead", "unprotect_vs_aead"):
+    for key in (
+        "protect_vs_scapy",
+        "unprotect_vs_scapy",
+        "protect_vs_aead",
+        "unprotect_vs_aead",
+        "skeleton_protect_vs_aead",
+        "skeleton_unprotect_vs_aead",
+        "protect_vs_skeleton",
+        "unprotect_vs_skeleton",
+    ):
         assert result[key] > 0, key
     row = result["results"][0]
     assert (row["suite"], row["size"], row["mode"]) == ("aes-gcm-128", 1400, "tunnel")

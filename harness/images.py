@@ -412,6 +412,42 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def no_build_running() -> Iterator[bool]:
+    """Hold the build lock if no build is running on this machine: yields True (and keeps
+    builds out until the block ends), or False at once when a build holds it."""
+    with open(cache_dir() / "images.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_build_leftover(container: Mapping[str, object], run_label: str) -> bool:
+    """Whether a container (an entry of the engine's container listing) is a step of an image
+    build of ours that never finished: the legacy builder (``DOCKER_BUILDKIT=0``) runs every
+    step in a container created from the previous step's bare image ID, and an interrupted
+    build can leave the last one behind (state created, exited or dead), holding its untagged
+    image. Containers of runs (``run_label``), of compose and of anything started from a
+    tagged image are never build steps."""
+    labels = container.get("Labels")
+    if not isinstance(labels, Mapping) or f"{LABEL}base" not in labels:
+        return False
+    if run_label in labels or any(str(k).startswith("com.docker.compose.") for k in labels):
+        return False
+    image = container.get("Image")
+    return (
+        isinstance(image, str)
+        and image.startswith("sha256:")
+        and container.get("State") in ("created", "exited", "dead")
+    )
+
+
 def build(
     names: Iterable[str] = IMAGE_NAMES,
     *,

@@ -19,7 +19,9 @@ def clean(as_json: bool) -> None:
     Every network namespace, container, network, process and temporary directory a run
     creates carries its run label; a run that ended normally removed them itself, one that
     was killed left them. This removes those of dead runs (and of dead doctor probes) and
-    leaves live runs alone. Exits 0, or 1 if something could not be removed.
+    leaves live runs alone, and the step containers and untagged images of an image build
+    that was interrupted (unless a build is running). Exits 0, or 1 if something could not
+    be removed.
     """
     from harness.topology import sweep
 
@@ -27,7 +29,7 @@ def clean(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
-        if not report.count:
+        if not report.count and not report.errors:
             click.echo("nothing to clean")
         for kind, names in report.removed.items():
             click.echo(f"removed {len(names)} {kind}:")

@@ -417,6 +417,42 @@ class DockerNode(Node):
             self._apply_firewall()
 
 
+def _sweep_build_leftovers(client: Any, report: SweepReport) -> None:
+    """Remove what an interrupted image build left: its last step's container and, with it,
+    the untagged images of its steps (``docker rmi`` takes untagged parents along). Skipped
+    while a build runs on this machine (its step containers are in use)."""
+    import docker
+
+    with images.no_build_running() as idle:
+        if not idle:
+            return
+        listing = client.api.containers(
+            all=True,
+            filters={"label": f"{images.LABEL}base", "status": ["created", "exited", "dead"]},
+        )
+        for ctr in listing:
+            if not images.is_build_leftover(ctr, DOCKER_LABEL):
+                continue
+            cid = ctr["Id"]
+            try:
+                client.api.remove_container(cid, force=True)
+            except docker.errors.NotFound:
+                continue
+            except Exception as exc:
+                report.errors.append(f"build container {cid[:12]}: {exc}")
+                continue
+            report.add("build containers", cid[:12])
+            image = str(ctr["Image"])
+            try:
+                # A build stopped at its first step ran on the (tagged) base image: keep it.
+                if client.api.inspect_image(image).get("RepoTags"):
+                    continue
+                client.api.remove_image(image)
+            except docker.errors.APIError:
+                continue  # gone, or still used by another container or image
+            report.add("build images", image.removeprefix("sha256:")[:12])
+
+
 class DockerTopology(Topology):
     backend = "docker"
     features = frozenset(
@@ -512,6 +548,7 @@ class DockerTopology(Topology):
                 else:
                     report.add("containers", name)
             _sweep_rules(report)
+            _sweep_build_leftovers(client, report)
             for net in client.api.networks(filters=filters):
                 rid = (net.get("Labels") or {}).get(DOCKER_LABEL, "")
                 if is_alive(rid):

@@ -324,3 +324,55 @@ def test_building_is_fast_enough() -> None:
         assert len(_docker_user_rules(topo.run.label)) == 3
     assert built < 30.0, f"a routed topology of 4 containers took {built:.1f} s"
     assert _docker_user_rules(topo.run.label) == []
+
+
+def test_an_interrupted_builds_step_containers_and_images_are_swept(docker_client: Any) -> None:
+    """What a build killed mid-way leaves (the legacy builder's step container, created from
+    the previous step's bare image ID, and that untagged image) goes; the tagged base and a
+    container someone started from a tagged image stay; nothing is touched while a build
+    holds the build lock."""
+    api = docker_client.api
+    base = images.resolve_base(None)
+    base_id = api.inspect_image(base)["Id"]
+    assert "org.ipsec-interop.base" in (api.inspect_image(base)["Config"]["Labels"] or {}), (
+        "the bootstrapped base carries our labels"
+    )
+    step = ["/bin/sh", "-c", "#(nop) ", "LABEL step=1"]
+    made: list[str] = []
+    untagged = ""
+    try:
+        # A step that ran: its container committed to an untagged image, then the next step's
+        # container created from that image's ID and left behind by the interrupted build.
+        first = api.create_container(base_id, command=step)["Id"]
+        made.append(first)
+        untagged = api.commit(first)["Id"]
+        api.remove_container(first)
+        made.remove(first)
+        leftover = api.create_container(untagged, command=step)["Id"]
+        at_first_step = api.create_container(base_id, command=step)["Id"]
+        users = api.create_container(base, command=["true"])["Id"]
+        made += [leftover, at_first_step, users]
+        with images.no_build_running() as idle:  # a build is running: nothing is swept
+            assert idle
+            report = sweep()
+            assert "build containers" not in report.removed
+        report = sweep()
+        removed = set(report.removed.get("build containers", []))
+        assert {leftover[:12], at_first_step[:12]} <= removed
+        assert users[:12] not in removed
+        assert untagged.removeprefix("sha256:")[:12] in report.removed["build images"]
+        assert api.containers(all=True, filters={"id": users})
+        assert api.inspect_image(base)["Id"] == base_id
+        with pytest.raises(Exception, match="No such image"):
+            api.inspect_image(untagged)
+    finally:
+        for cid in made:
+            try:
+                api.remove_container(cid, force=True)
+            except Exception:
+                pass
+        if untagged:
+            try:
+                api.remove_image(untagged)
+            except Exception:
+                pass

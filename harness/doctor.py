@@ -174,6 +174,29 @@ def probe_nftables(ns: ProbeNamespace) -> ProbeResult:
     )
 
 
+def probe_nfqueue(ns: ProbeNamespace) -> ProbeResult:
+    disables = (
+        "the reference node's check of inbound clear packets in the tun data plane "
+        "(policy-spec §4.2, SPD-004: the kernel delivers them unchecked)"
+    )
+    if system.which("iptables") is None:
+        return ProbeResult(
+            "iptables NFQUEUE", False, "iptables not found (apt-get install iptables)", disables
+        )
+    if not ns.ensure():
+        return ProbeResult("iptables NFQUEUE", False, f"untested ({ns.error})", disables)
+    result = ns.run(
+        ["iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", "9", "-j", "NFQUEUE",
+         "--queue-num", "1", "--queue-bypass"]
+    )  # fmt: skip
+    return ProbeResult(
+        "iptables NFQUEUE",
+        result.ok,
+        "NFQUEUE rule added in a scratch namespace" if result.ok else result.first_line(),
+        disables,
+    )
+
+
 def _version_probe(
     name: str, program: str, argv: list[str], disables: str, hint: str
 ) -> ProbeResult:
@@ -326,6 +349,7 @@ PROBES: tuple[Probe, ...] = (
     probe_tun,
     probe_raw_sockets,
     probe_nftables,
+    probe_nfqueue,
     probe_tcpdump,
     probe_tshark,
     probe_docker,

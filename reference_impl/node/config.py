@@ -233,6 +233,10 @@ class DataplaneModel(_Model):
     tso: bool = False
     """tun: let the kernel hand over TCP super-packets the node segments (costs checksums
     computed in Python: slower than it saves on this implementation)."""
+    inbound_clear_check: bool = True
+    """tun: clear packets arriving for a local address are queued (NFQUEUE, iptables) to the
+    Policy Agent, which accepts them or discards and audits them (policy-spec §4.2); off, the
+    kernel delivers them unchecked."""
     clear_port: Port = 0
     clear_peers: dict[str, str] = Field(default_factory=dict)
     delivered_capacity: Annotated[int, Field(ge=0)] = 10000

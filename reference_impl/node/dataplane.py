@@ -9,8 +9,9 @@ table 220 works. ESP and AH go on raw sockets (IP protocol 50 and 51, root or CA
 clear packets leave through a marked ``IPPROTO_RAW`` socket (the IP header is ours). Received
 ESP/AH reach the node through its raw sockets; decapsulated packets are written to the TUN
 device and the kernel delivers them as if they had arrived on it. Clear packets *to* the node
-go to the kernel directly (the node does not see them: the inbound clear check of policy-spec
-§4.2 is not enforced in this mode).
+are queued to the node by netfilter (NFQUEUE) when they arrive for a local address: the
+Policy Agent decides (policy-spec §4: accepted, or discarded and audited) and the kernel
+delivers or drops them (:mod:`reference_impl.node.nfqueue`).
 
 ``api``: no device, no privilege. The harness injects packets with the control API and reads
 what was delivered. IKE and ESP-in-UDP use the node's real UDP sockets. Packets that would go
@@ -33,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from reference_impl.node.nfqueue import InboundClearQueue
 from reference_impl.node.offload import Gro
 from reference_impl.node.tun import TunDevice
 from reference_impl.node.udp import big_buffers
@@ -108,6 +110,8 @@ class TunPlane(DataPlane):
         counters: dict[str, int],
         offload: bool = False,
         tso: bool = False,
+        on_clear: Callable[[bytes], bool] | None = None,
+        ike_ports: Iterable[int] = (500, 4500),
     ) -> None:
         self.table = table
         self.mark = mark
@@ -142,6 +146,10 @@ class TunPlane(DataPlane):
                 self.out6 = None
             self.in_sockets: list[socket.socket] = []
             self.in6_sockets: list[tuple[socket.socket, int]] = []
+            self.clear_queue: InboundClearQueue | None = None
+            self.clear_check = "off"
+            if on_clear is not None:
+                self._queue_clear(on_clear, ike_ports)
             if raw_esp:
                 for proto in (socket.IPPROTO_ESP, socket.IPPROTO_AH):
                     self.in_sockets.append(self._raw(socket.AF_INET, proto))
@@ -157,6 +165,36 @@ class TunPlane(DataPlane):
             self.close()
             raise
 
+    def _queue_clear(self, on_clear: Callable[[bytes], bool], ike_ports: Iterable[int]) -> None:
+        """Inbound clear packets for local addresses go through ``on_clear`` (policy-spec §4,
+        see :mod:`reference_impl.node.nfqueue`); without iptables or nfnetlink_queue the node
+        runs on, says so in its log and status, and the kernel delivers them unchecked."""
+        ports = list(ike_ports)
+        first = os.getpid() % 60000 + 1
+        error: OSError | None = None
+        for queue in range(first, first + 8):  # another node in this namespace may hold one
+            try:
+                self.clear_queue = InboundClearQueue(
+                    queue=queue,
+                    tun=self.name,
+                    ike_ports=ports,
+                    decide=on_clear,
+                    counters=self.counters,
+                )
+            except OSError as exc:
+                error = exc
+                if exc.errno != errno.EBUSY:
+                    break
+                continue
+            self.clear_check = f"nfqueue {queue}"
+            return
+        self.clear_check = f"unavailable: {error}"
+        log.warning(
+            "inbound clear packets are not checked against the policy: %s",
+            error,
+            extra={"fields": {"event": "clear_check_unavailable", "reason": str(error)}},
+        )
+
     def _raw(self, family: int, proto: int) -> socket.socket:
         s = socket.socket(family, socket.SOCK_RAW, proto)
         self.sockets.append(s)
@@ -171,6 +209,8 @@ class TunPlane(DataPlane):
             out.append((s.fileno(), self._reader(s)))
         for s6, proto in self.in6_sockets:
             out.append((s6.fileno(), self._reader6(s6, proto)))
+        if self.clear_queue is not None:
+            out.append((self.clear_queue.fileno(), self.clear_queue.read))
         return out
 
     def _reader6(self, s: socket.socket, proto: int) -> Callable[[], None]:
@@ -309,6 +349,10 @@ class TunPlane(DataPlane):
         self.routes = want
 
     def close(self) -> None:
+        if getattr(self, "clear_queue", None) is not None:
+            assert self.clear_queue is not None
+            self.clear_queue.close()
+            self.clear_queue = None
         for family in self.rules:
             run_ip(family, "rule", "del", "not", "fwmark", hex(self.mark), "lookup",
                    str(self.table), "pref", str(self.priority), check=False)  # fmt: skip
@@ -330,6 +374,7 @@ class TunPlane(DataPlane):
             "mark": self.mark,
             "routes": sorted(r for r, _ in self.routes),
             "raw_esp": bool(self.in_sockets),
+            "inbound_clear_check": self.clear_check,
         }
 
 

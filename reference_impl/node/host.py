@@ -6,6 +6,7 @@ clock. Inputs (each takes ``now``)::
     host.outbound_packet(packet)        # an IP packet the local stack sends (TUN, or injected)
     host.udp_received(data, src, local) # a datagram on one of our UDP ports (IKE, NAT-T, ESP)
     host.raw_received(packet)           # an IP packet from the wire: ESP/AH, or clear
+    host.clear_inbound(packet) -> bool  # a clear packet the kernel holds: deliver it or not
     host.icmp_error(...)                # an ICMP error about one of our IKE datagrams
     host.handle_timer(now)              # at host.get_timer()
 
@@ -432,6 +433,19 @@ class Host:
         elif verdict is PV.IKE:
             self._count("drops.ike_on_raw")
         self._pump(now)
+
+    def clear_inbound(self, d: bytes, now: float) -> bool:
+        """A clear packet for a local address that the kernel holds (the ``tun`` data plane's
+        queue): whether the Policy Agent lets it through (policy-spec §4.1-§4.4). Discards
+        are counted and audited by the agent; the kernel delivers or drops the packet."""
+        try:
+            verdict = self.agent.inbound_clear(d, now)
+        except Exception:
+            log.exception("inbound clear packet")
+            self._count("drops.internal")
+            return False
+        self._pump(now)
+        return verdict is PV.ACCEPTED or verdict is PV.IKE
 
     def _unprotect(self, d: bytes, now: float, udp: bool) -> None:
         verdict, inner, sa = self.sad.unprotect(d, now)

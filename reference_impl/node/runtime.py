@@ -184,6 +184,8 @@ class NodeRuntime:
                 counters=self.counters,
                 offload=dp.offload,
                 tso=dp.tso,
+                on_clear=self._clear_decision if dp.inbound_clear_check else None,
+                ike_ports=ports,
             )
             self.plane = tun
             self._add_reader(tun.tun.fd, self._tun_reader(tun))
@@ -402,6 +404,10 @@ class NodeRuntime:
             self._flush()
 
         return run
+
+    def _clear_decision(self, packet: bytes) -> bool:
+        """A clear packet the kernel queued (tun data plane): deliver it or not."""
+        return self.host.clear_inbound(packet, self.clock.now())
 
     def _on_wire_ip(self, packet: bytes) -> None:
         if self.wire_log is not None and len(packet) >= 20:

@@ -60,6 +60,13 @@ def test_nftables_missing(no_programs: None, no_ns: ProbeNamespace) -> None:
     assert "apt-get install nftables" in result.detail
 
 
+def test_nfqueue_missing(no_programs: None, no_ns: ProbeNamespace) -> None:
+    result = doctor.probe_nfqueue(no_ns)
+    assert not result.available
+    assert "apt-get install iptables" in result.detail
+    assert "SPD-004" in result.disables
+
+
 @pytest.mark.parametrize("probe", [doctor.probe_tcpdump, doctor.probe_tshark, doctor.probe_allure])
 def test_version_probes_missing(
     probe: doctor.Probe, no_programs: None, no_ns: ProbeNamespace
@@ -169,6 +176,7 @@ def test_doctor_json_is_valid_and_exits_zero() -> None:
         "network namespaces",
         "TUN",
         "nftables",
+        "iptables NFQUEUE",
         "Docker engine",
         "strongSwan charon",
         "libreswan pluto",

@@ -294,3 +294,61 @@ def test_ipv6_tunnel(tmp_path: Path, encap: bool) -> None:
         finally:
             a.stop()
             b.stop()
+
+
+CLEAR_SENDER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(sys.argv[4], 0))  # past the node's tunnel
+s.bind((sys.argv[1], 0))
+s.sendto(sys.argv[3].encode(), (sys.argv[2], 9999))
+"""
+
+UDP_LISTENER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 9999))
+print("ready", flush=True)
+while True:
+    print("got", s.recv(2048).decode(), flush=True)
+"""
+
+
+def test_clear_packets_that_should_be_protected_are_discarded(
+    topo: Topology, nodes: tuple[ReferencePeer, ReferencePeer]
+) -> None:
+    """policy-spec §4.2 / RFC 4301 §5.2 step 3 in the tun data plane: with the SA up, a clear
+    packet of the protected flow sent straight onto the wire is discarded and audited by the
+    receiving node, never reaching its socket; with the node gone the same packet does (the
+    control)."""
+    import sys
+
+    na, nb = topo.node("a"), topo.node("b")
+    a, b = nodes
+    sc = Scenario.between(na, nb, mode="transport")
+    a.configure(sc)
+    b.configure(sc)
+    A, B = na.addresses.v4, nb.addresses.v4
+    assert a.client.status()["dataplane"]["inbound_clear_check"].startswith("nfqueue ")
+    assert ping(nb, A, B)  # the SA is up, ESP both ways
+    listener = na.spawn("udp-listener", [sys.executable, "-c", UDP_LISTENER, A])
+    listener.wait_for_log("ready", 10)
+    before = a.counters()["agent"].get("drops.clear_inbound", 0)
+    mark = hex(0x2220)  # the nodes' SO_MARK: this datagram leaves b in clear
+    assert nb.exec([sys.executable, "-c", CLEAR_SENDER, B, A, "clear-1", mark]).ok
+
+    from harness.topology.base import wait_until
+
+    wait_until(
+        lambda: a.counters()["agent"].get("drops.clear_inbound", 0) > before,
+        10,
+        "the clear datagram discarded",
+    )
+    audit = a.client.audit(kinds=["clear_inbound_discarded"])
+    assert audit and audit[-1].get("reason") == "require", audit
+    assert ping(nb, A, B)  # protected traffic still flows
+    assert "got" not in listener.log_text(), "a clear packet of a protected flow was delivered"
+    a.stop()  # the control: without the node the kernel delivers it
+    assert "IPSEC_INTEROP_" not in na.exec(["iptables", "-w", "-S"]).stdout
+    assert nb.exec([sys.executable, "-c", CLEAR_SENDER, B, A, "clear-2", mark]).ok
+    listener.wait_for_log("got clear-2", 10)
+    assert "got clear-1" not in listener.log_text()

@@ -1,4 +1,5 @@
-"""Suite ``spd``: RFC 4301 policy processing (catalogue §10): SPD-001, SPD-003, SPD-007.
+"""Suite ``spd``: RFC 4301 policy processing (catalogue §10): SPD-001, SPD-003, SPD-004,
+SPD-007.
 
 The PUT is the host whose SPD is under test; the tester is the peer on the other side and
 the observation point (what reached it, in clear or protected). Machinery shared with the
@@ -12,14 +13,17 @@ import time
 from harness.cases import case
 from harness.lab import CaseContext
 from harness.peers.base import ESP, TRANSPORT
+from harness.probes.craft import udp_packet
 from suites.support.fallback import (
     CaptureObserver,
+    Ip4,
     RefFb,
     SwanFb,
     is_reference,
     policy_yaml,
     require_action,
 )
+from suites.support.spd import clear_probe, host_route
 
 SUITE = "spd"
 
@@ -113,6 +117,73 @@ def _icmp_back(fb: RefFb) -> list[tuple[int, int]]:
                 if len(d.packet) > 21 and d.packet[9] == 1 and d.packet[20] == 3]  # fmt: skip
     n = fb.counter("local_icmp.sent")
     return [(3, 13)] * n
+
+
+@case("SPD-004", suite=SUITE, rfc="4301 §5.2, §4.4.1", level="MUST", roles="IR",
+      title="An inbound cleartext packet whose selectors match a PROTECT entry (it should "
+            "have arrived protected) is discarded",
+      needs=(ESP,))  # fmt: skip
+def test_spd004_inbound_clear_discarded(ctx: CaseContext) -> None:
+    ident = 0x5D04
+    if is_reference(ctx):
+        # UDP: the fallback policies exempt ICMP (policy-spec §1.5), the probe flow's UDP not.
+        with RefFb(ctx, closure="open") as fb:
+            fb.tester_policy(require_action())
+            fb.put_policy(require_action())
+            initiator = fb.put if ctx.put_initiates else fb.tester
+            initiator.client.initiate("fb", peer=fb.r_addr if ctx.put_initiates else fb.i_addr)
+            assert fb.wait_state("ESTABLISHED"), f"state {fb.state()}: no SA"
+            drops = fb.counter("drops.clear_inbound")
+            with ctx.step("R sends a cleartext UDP datagram to I past its own IPsec"):
+                if fb.local:  # the local wire is the node's API: the packet arrives at I
+                    fb.put.client.delivered()
+                    packet = udp_packet(fb.r_addr, fb.i_addr, ident, 9, b"SPD-004")
+                    fb.put.client.inject([packet], direction="in")
+                    delivered = [d for d in fb.put.client.delivered() if b"SPD-004" in d.packet]
+                    assert not delivered, "the cleartext datagram was delivered to I's stack"
+                else:
+                    mark = int(fb.tester.client.status()["dataplane"]["mark"])
+                    answer = clear_probe(
+                        fb.tester_node, kind="udp", src=fb.r_addr, dst=fb.i_addr, mark=mark,
+                        ident=ident,
+                    )  # fmt: skip
+                    assert answer is None, f"I answered the cleartext datagram ({answer})"
+            assert fb.counter("drops.clear_inbound") == drops + 1, (
+                f"drops.clear_inbound +{fb.counter('drops.clear_inbound') - drops}, expected +1"
+            )
+            audit = fb.audit("clear_inbound_discarded")
+            assert audit and audit[-1].get("reason") == "require", f"audit: {audit[-1:]}"
+        return
+    if ctx.peer_name == "strongswan":
+        with SwanFb(ctx, closure="open") as sw:
+            assert sw.initiate(), "no Child SA between strongSwan and the tester"
+            mark = int(sw.tester.client.status()["dataplane"]["mark"])  # type: ignore[attr-defined]
+            with (
+                ctx.step(
+                    "the tester sends a cleartext ICMP echo request from its protected address to "
+                    "strongSwan's, past its own IPsec"
+                ),
+                host_route(sw.tester_node, sw.src, sw.i_addr),
+            ):
+                answer = clear_probe(
+                    sw.tester_node, kind="icmp", src=sw.dst, dst=sw.src, mark=mark, ident=ident
+                )
+            assert sw.observer is not None
+            requests = [
+                ip for _, f in sw.observer.frames() if (ip := Ip4.parse(f)) is not None
+                and ip.icmp == (8, 0) and ip.src == sw.dst and ip.dst == sw.src
+            ]  # fmt: skip
+            assert requests, "the cleartext echo request never reached strongSwan's link (harness)"
+            if answer is not None and ctx.recording:
+                ctx.recording.known_behaviour("strongswan-libipsec-inbound-clear")
+            assert answer is None, (
+                f"strongSwan answered a cleartext echo request of a protected flow ({answer}): "
+                "the packet was delivered"
+            )
+        return
+    from harness.peers.base import NotApplicable
+
+    raise NotApplicable([f"{ctx.peer_name}: needs an ESP SA with the tester"])
 
 
 @case("SPD-007", suite=SUITE, rfc="4301 §5.2, §4.4.1", level="MUST", roles="IR",

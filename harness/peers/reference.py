@@ -287,6 +287,10 @@ class ReferencePeer(Peer):
         if policy_of is not None:  # local topology: a closed port must stay unbound
             listen = [n for n, p in (("ike", 500), ("natt", 4500)) if policy_of(p) == "open"]
         dp: dict[str, Any] = {"mode": self.dataplane}
+        if self.dataplane == "tun" and getattr(self.node.topology, "backend", "") == "host":
+            # The node shares the host's network stack: its inbound check (an NFQUEUE of every
+            # clear packet for a local address) would take in the host's own traffic.
+            dp["inbound_clear_check"] = False
         if self.dataplane == "api":
             dp["clear_port"] = self.clear_port
             other = scenario.remote(self.node.name)

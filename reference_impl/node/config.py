@@ -28,6 +28,7 @@ Example (every key but ``addresses`` and ``control.socket`` is optional)::
       mode: api                        # or tun
       clear_port: 40003                # api: our end of the simulated wire
       clear_peers: {0.0.0.0/0: "127.0.0.3:40006"}
+      inbound_clear_check: true        # tun: clear packets for us go through the policy first
     logging: {level: info, file: node.log, format: json}
     control: {socket: /run/node-a.sock}
     clock: real                        # or virtual (the harness advances time)

@@ -182,6 +182,8 @@ MISBEHAVIOURS = {
     "a key exchange, and KEi refused (no PFS)",
     "ikev1_no_natt": "the IKEv1 responder ignores NAT traversal: no RFC 3947 Vendor ID, no NAT-D, "
     "no UDP-encapsulated modes",
+    "accept_clear_inbound": "every clear inbound packet is accepted: the Policy Agent's inbound "
+    "check (RFC 4301 §5.2 step 3, policy-spec §4.2) is skipped",
 }
 """Deliberate misbehaviours for negative testing (``Host.set_misbehaviour``)."""
 
@@ -423,7 +425,7 @@ class Host:
             self._unprotect(d, now, udp=False)
             return
         try:
-            verdict = self.agent.inbound_clear(d, now)
+            verdict = self._inbound_clear(d, now)
         except Exception:
             log.exception("inbound clear packet")
             self._count("drops.internal")
@@ -434,12 +436,18 @@ class Host:
             self._count("drops.ike_on_raw")
         self._pump(now)
 
+    def _inbound_clear(self, d: bytes, now: float) -> PV:
+        if self.misbehaviour.get("accept_clear_inbound"):
+            self._count("misbehave.accepted_clear")
+            return PV.ACCEPTED
+        return self.agent.inbound_clear(d, now)
+
     def clear_inbound(self, d: bytes, now: float) -> bool:
         """A clear packet for a local address that the kernel holds (the ``tun`` data plane's
         queue): whether the Policy Agent lets it through (policy-spec §4.1-§4.4). Discards
         are counted and audited by the agent; the kernel delivers or drops the packet."""
         try:
-            verdict = self.agent.inbound_clear(d, now)
+            verdict = self._inbound_clear(d, now)
         except Exception:
             log.exception("inbound clear packet")
             self._count("drops.internal")

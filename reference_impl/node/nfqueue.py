@@ -11,7 +11,10 @@ agent, and answers each packet with a verdict: accept (the packet goes on to its
 if nothing happened) or drop.
 
 The queue has the ``bypass`` flag: without the node listening (it stopped, or was killed and
-left its chain behind) the kernel accepts the packets, as it would without the node. The next
+left its chain behind) the kernel accepts the packets, as it would without the node; and it
+fails open: when the node falls more than ``maxlen`` packets behind, the kernel accepts the
+excess unchecked instead of dropping it (a reference node under a flood of clear traffic
+must not cut its namespace off; conformance cases send a handful). The next
 node in the namespace removes the chains of nodes that are gone.
 
 Netlink (nfnetlink_queue, ``<linux/netfilter/nfnetlink_queue.h>``): configuration messages
@@ -42,6 +45,9 @@ NFQA_PAYLOAD = 10
 NFQA_CFG_CMD = 1
 NFQA_CFG_PARAMS = 2
 NFQA_CFG_QUEUE_MAXLEN = 3
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQA_CFG_F_FAIL_OPEN = 1
 NFQNL_CFG_CMD_BIND = 1
 NFQNL_CFG_CMD_UNBIND = 2
 NFQNL_COPY_PACKET = 2
@@ -209,6 +215,10 @@ class InboundClearQueue:
             self._config(_attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)))
             self._config(_attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0xFFFF, NFQNL_COPY_PACKET)))
             self._config(_attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", maxlen)))
+            # A full queue (the node too slow for the traffic) lets packets through unchecked
+            # rather than cut the namespace off.
+            flags = struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
+            self._config(_attr(NFQA_CFG_MASK, flags) + _attr(NFQA_CFG_FLAGS, flags))
             remove_stale_chains()
             self._chain_made = True
             for (restore, _tool), v6 in zip(_TOOLS, (False, True), strict=True):

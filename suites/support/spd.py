@@ -1,0 +1,102 @@
+"""Cleartext stimuli of the spd suite: an ICMP echo request or a UDP datagram put on the wire
+by the tester past its own IPsec, and whether anything answers it (catalogue SPD-004)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+_PROBE = r"""
+import select, socket, struct, sys, time
+kind, src, dst = sys.argv[1], sys.argv[2], sys.argv[3]
+mark, ident, wait = int(sys.argv[4], 0), int(sys.argv[5]), float(sys.argv[6])
+body = b"SPD-004 cleartext probe"
+
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+socks = [icmp]
+if kind == "icmp":
+    if mark:
+        icmp.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)  # past the sender's tunnel
+    icmp.bind((src, 0))
+    msg = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + body
+    icmp.sendto(msg[:2] + struct.pack("!H", csum(msg)) + msg[4:], (dst, 0))
+else:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if mark:
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    udp.bind((src, ident))
+    udp.sendto(body, (dst, 9))  # discard: an answer, if any, is port unreachable
+    socks.append(udp)
+deadline = time.monotonic() + wait
+answer = "none"
+while answer == "none" and time.monotonic() < deadline:
+    ready, _, _ = select.select(socks, [], [], max(0.0, deadline - time.monotonic()))
+    if not ready:
+        break
+    for s in ready:
+        try:
+            data, addr = s.recvfrom(65535)
+        except OSError:
+            continue
+        if s is not icmp:
+            answer = "udp-reply"
+            continue
+        ihl = (data[0] & 0x0F) * 4
+        t = data[ihl]
+        if kind == "icmp" and t == 0 and struct.unpack_from("!H", data, ihl + 4)[0] == ident:
+            answer = "echo-reply"
+        elif kind == "udp" and t == 3:
+            q = data[ihl + 8:]  # the quoted datagram: our ports?
+            qihl = (q[0] & 0x0F) * 4 if q else 0
+            if len(q) >= qihl + 4 and struct.unpack_from("!HH", q, qihl) == (ident, 9):
+                answer = "icmp-%d-%d" % (t, data[ihl + 1])
+print(answer, flush=True)
+"""
+
+
+def python_of(node: Any) -> str:
+    """The interpreter inside a node: ``python3`` in a container, this one elsewhere."""
+    return "python3" if getattr(node.topology, "backend", "") == "docker" else sys.executable
+
+
+@contextlib.contextmanager
+def host_route(node: Any, dst: str, via: str | None) -> Iterator[None]:
+    """A main-table route to ``dst`` via ``via`` in ``node`` for the case's duration (the
+    tester's marked packets use the main table, which has no route to a peer's inner
+    address: only the tunnel leads there)."""
+    if via is None:
+        yield
+        return
+    res = node.exec(["ip", "route", "replace", f"{dst}/32", "via", via])
+    if not res.ok:
+        raise RuntimeError(f"route to {dst} via {via} in {node.name}: {res.stderr.strip()}")
+    try:
+        yield
+    finally:
+        node.exec(["ip", "route", "del", f"{dst}/32", "via", via])
+
+
+def clear_probe(
+    node: Any, *, kind: str, src: str, dst: str, mark: int, ident: int, wait: float = 2.0
+) -> str | None:
+    """Send one cleartext packet from ``src`` to ``dst`` (``mark``: the sending node's SO_MARK,
+    so that its own IPsec lets it pass) and return what answered it within ``wait`` seconds,
+    or None: ``kind`` "icmp" is an echo request (answer: "echo-reply"); "udp" a datagram from
+    port ``ident`` to the discard port (answer: an ICMP error quoting it, "icmp-3-3", or a UDP
+    reply). Either answer, in clear or through the tunnel, means the packet was delivered."""
+    argv = [python_of(node), "-c", _PROBE, kind, src, dst, hex(mark), str(ident), str(wait)]
+    res = node.exec(argv, timeout=wait + 20)
+    if not res.ok:
+        raise RuntimeError(f"cleartext probe from {node.name}: {res.stderr.strip()}")
+    answer = str(res.stdout).split()[-1:]
+    return None if answer in ([], ["none"]) else answer[0]

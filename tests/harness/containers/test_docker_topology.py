@@ -65,7 +65,14 @@ def test_direct_pair_on_an_internal_network(tmp_path: Path, docker_client: Any) 
         assert exc.value.feature == FEATURE_BINDS and "use_image" in exc.value.reason
         label = topo.run.label
         assert len(_containers(docker_client, label)) == 2
+        # Packets between the inner addresses cross the bridge (Docker's isolation would drop
+        # their out-of-subnet sources): one DOCKER-USER rule for the link, gone afterwards.
+        assert len(_docker_user_rules(label)) == 1
+        a.exec(["ip", "route", "replace", "198.19.2.1/32", "via", b.addresses.v4])
+        b.exec(["ip", "route", "replace", "198.19.1.1/32", "via", a.addresses.v4])
+        assert a.exec(["ping", "-c", "1", "-W", "2", "-I", "198.19.1.1", "198.19.2.1"]).ok
     assert _containers(docker_client, label) == []
+    assert _docker_user_rules(label) == []
 
 
 def test_exec_reports_status_output_and_timeouts() -> None:

@@ -19,7 +19,6 @@ option classification), as the catalogue gives them.
 from __future__ import annotations
 
 import struct
-import sys
 
 from harness.cases import case
 from harness.lab import CaseContext
@@ -38,6 +37,7 @@ from suites.support.ipsec import (
     open_tunnel,
     open_wire,
     put_inbound_drops,
+    python_of,
     require_ipv6,
     require_real_ip,
 )
@@ -400,7 +400,9 @@ def test_ah_006(ctx: CaseContext) -> None:
     with ctx.step("IPv6"), open_tunnel(ctx, esp=None, ah=AH_SHA256, family=6) as t:
         cap = ctx.topology.capture()
         try:
-            t.put_node.exec([sys.executable, "-c", _PING, t.put_addr, t.tester_addr], timeout=10)
+            t.put_node.exec(
+                [python_of(t.put_node), "-c", _PING, t.put_addr, t.tester_addr], timeout=10
+            )
         finally:
             pcap = cap.stop()
         opener = t.opener()

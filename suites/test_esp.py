@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 import time
 
 from harness.cases import Level, case
@@ -39,6 +38,7 @@ from suites.support.ipsec import (
     open_tunnel,
     open_wire,
     put_inbound_drops,
+    python_of,
     require_ipv6,
     require_real_ip,
     tcp_syn,
@@ -531,7 +531,9 @@ def _put_originates(t: Tunnel) -> None:
         ]
         t.put.client.inject(packets, direction="out")  # type: ignore[attr-defined]
         return
-    t.put_node.exec([sys.executable, "-c", _PUT_SENDER, t.put_addr, t.tester_addr], timeout=10)
+    t.put_node.exec(
+        [python_of(t.put_node), "-c", _PUT_SENDER, t.put_addr, t.tester_addr], timeout=10
+    )
 
 
 def _mode_failures(t: Tunnel, name: str) -> list[str]:

@@ -1,5 +1,5 @@
 """Suite ``spd``: RFC 4301 policy processing (catalogue §10): SPD-001, SPD-003, SPD-004,
-SPD-007.
+SPD-005, SPD-007.
 
 The PUT is the host whose SPD is under test; the tester is the peer on the other side and
 the observation point (what reached it, in clear or protected). Machinery shared with the
@@ -12,7 +12,7 @@ import time
 
 from harness.cases import case
 from harness.lab import CaseContext
-from harness.peers.base import ESP, TRANSPORT
+from harness.peers.base import CHILD_SA, ESP, TRANSPORT
 from harness.probes.craft import udp_packet
 from suites.support.fallback import (
     CaptureObserver,
@@ -23,7 +23,7 @@ from suites.support.fallback import (
     policy_yaml,
     require_action,
 )
-from suites.support.spd import clear_probe, host_route
+from suites.support.spd import ReplyListener, clear_probe, host_route
 
 SUITE = "spd"
 
@@ -184,6 +184,46 @@ def test_spd004_inbound_clear_discarded(ctx: CaseContext) -> None:
     from harness.peers.base import NotApplicable
 
     raise NotApplicable([f"{ctx.peer_name}: needs an ESP SA with the tester"])
+
+
+@case("SPD-005", suite=SUITE, rfc="4301 §5.2 (steps 4-5)", level="MUST", roles="IR",
+      title="After ESP processing the inner packet must match the SA's selectors, or be "
+            "discarded",
+      needs=(ESP, CHILD_SA))  # fmt: skip
+def test_spd005_inner_packet_checked_against_selectors(ctx: CaseContext) -> None:
+    from suites.support.ipsec import Probe, check, open_tunnel, put_inbound_drops
+
+    with open_tunnel(ctx, mode="tunnel") as t:
+        # The inner source: the tester's outer address, outside TSi (the tester's inner /32)
+        # yet on the PUT's link, so that a PUT that delivers the request answers in clear on
+        # the wire where the tester sees it.
+        outside = t.tester_outer
+        inner, key = t.echo_request(src=outside)
+        seq = t.next_seq()
+        listener = None
+        if not t.stack:
+            listener = ReplyListener(t.tester_node, src=t.put_addr, dst=outside, ident=t.ident)
+        try:
+            with ctx.step(f"ESP on the SA carrying an echo request from {outside} (outside TSi)"):
+                outcome = t.exchange(
+                    [
+                        Probe("inner source outside TSi", (t.craft(inner, seq),), key, False, seq),
+                        t.probe("inner source inside TSi (the control)"),
+                    ]
+                )
+            failures = outcome.failures() + [f"unexpected: {u}" for u in outcome.unexpected]
+            if listener is not None and key[1] in listener.replies():
+                failures.append(
+                    f"the PUT answered the echo request from {outside} (in clear, outside the "
+                    "SA): the decapsulated packet was delivered"
+                )
+        finally:
+            if listener is not None:
+                listener.close()
+        drops = put_inbound_drops(ctx, t.to_put.spi)
+        if drops is not None and not failures and drops.get("selector_mismatch", 0) < 1:
+            failures.append(f"the reference PUT's inbound SA counts no selector mismatch: {drops}")
+    check(ctx, failures)
 
 
 @case("SPD-007", suite=SUITE, rfc="4301 §5.2, §4.4.1", level="MUST", roles="IR",

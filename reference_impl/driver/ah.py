@@ -337,7 +337,7 @@ class AhInbound(SecurityAssociation):
             header[info.proto_offset] = nh
             set_lengths(header, info.version, off + len(payload))
             inner = bytes(header) + payload
-        if not _selectors_match(self.selectors, inner):
+        if self.options.check_selectors and not _selectors_match(self.selectors, inner):
             return self._drop(Verdict.SELECTOR_MISMATCH, d, now, seq), b""
         self._account(len(inner), now)
         return Verdict.DELIVERED, inner

@@ -51,11 +51,14 @@ class SaOptions:
     ECN field outward) or compatibility mode (outer Not-ECT); decapsulation always follows
     RFC 6040 §4.2. ``ttl``: the outer TTL / hop limit in tunnel mode. ``seq_rekey_margin``:
     how many sequence numbers before the counter would cycle the soft ``SEQUENCE`` event
-    fires (None: 2^24 without ESN, 2^32 with).
+    fires (None: 2^24 without ESN, 2^32 with). ``check_selectors``: inbound, the decapsulated
+    packet must match the SA's selectors (RFC 4301 §5.2 step 4: a MUST; off only for
+    negative testing).
     """
 
     tfc_pad_to: int = 0
     check_padding: bool = True
+    check_selectors: bool = True
     df: DfPolicy = "copy"
     dscp: int | None = None
     ecn: EcnMode = "normal"

@@ -747,7 +747,7 @@ class EspInbound(SecurityAssociation):
         self.window = ReplayWindow(params.replay_window, params.esn)
         super().__init__(params, True, now, ctx, options)
         simple = self.selectors.simple
-        if self.selectors.match_all:
+        if self.selectors.match_all or not options.check_selectors:
             simple = (4, 0, _M32, 0, _M32)
         self.sel_mask = self.sel_net = -1
         """IPv4 prefix selectors as one 64-bit mask and value over source|destination: the
@@ -873,7 +873,7 @@ class EspInbound(SecurityAssociation):
             inner = bytes(header) + pt[:end]
             if udp:
                 inner = fix_transport_checksum(inner)
-        if not _selectors_match(self.selectors, inner):
+        if self.options.check_selectors and not _selectors_match(self.selectors, inner):
             return self._drop(Verdict.SELECTOR_MISMATCH, d, now, seq), b""
         self._account(len(inner), now)
         return Verdict.DELIVERED, inner

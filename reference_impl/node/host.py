@@ -184,6 +184,8 @@ MISBEHAVIOURS = {
     "no UDP-encapsulated modes",
     "accept_clear_inbound": "every clear inbound packet is accepted: the Policy Agent's inbound "
     "check (RFC 4301 §5.2 step 3, policy-spec §4.2) is skipped",
+    "no_selector_check": "decapsulated packets are delivered whether or not they match their "
+    "SA's selectors (RFC 4301 §5.2 step 4 skipped; new SAs)",
 }
 """Deliberate misbehaviours for negative testing (``Host.set_misbehaviour``)."""
 
@@ -333,10 +335,11 @@ class Host:
             for sa in self.sad:
                 if sa.inbound:
                     sa.window = ReplayWindow(0, sa.params.esn)  # type: ignore[attr-defined]
-        if name in ("no_padding_check", "tfc_pad_to"):
+        if name in ("no_padding_check", "tfc_pad_to", "no_selector_check"):
             self._sa_options = SaOptions(
                 check_padding=not self.misbehaviour.get("no_padding_check"),
                 tfc_pad_to=int(self.misbehaviour.get("tfc_pad_to") or 0),
+                check_selectors=not self.misbehaviour.get("no_selector_check"),
             )
         if name in ("wrong_natd", "accept_md5", "rekey_without_pfs", "ikev1_no_natt"):
             self._rebuild()

@@ -624,11 +624,16 @@ print(len(sys.argv) - 2, flush=True)
 """
 
 
+def python_of(node: Any) -> str:
+    """The interpreter inside a node for the harness's small stdlib scripts: ``python3`` in a
+    container, this one in a namespace or on this host."""
+    return "python3" if getattr(node.topology, "backend", "") == "docker" else sys.executable
+
+
 def send_raw(node: Any, datagrams: Sequence[bytes], mark: int = 0) -> None:
     """Whole IP datagrams (headers as crafted: raw ESP/AH, ESP in UDP, fragments) sent in order
     from a raw socket inside ``node`` with socket mark ``mark`` (root in the node)."""
-    python = "python3" if getattr(node.topology, "backend", "") == "docker" else sys.executable
-    argv = [python, "-c", _RAW_SENDER, str(mark), *(d.hex() for d in datagrams)]
+    argv = [python_of(node), "-c", _RAW_SENDER, str(mark), *(d.hex() for d in datagrams)]
     result = node.exec(argv, timeout=30.0)
     if not result.ok:
         raise PeerError(f"sending from {node.name} failed: {result.stderr.strip()}")

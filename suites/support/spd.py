@@ -4,9 +4,10 @@ by the tester past its own IPsec, and whether anything answers it (catalogue SPD
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Iterator
 from typing import Any
+
+from suites.support.ipsec import python_of
 
 _PROBE = r"""
 import select, socket, struct, sys, time
@@ -64,11 +65,6 @@ print(answer, flush=True)
 """
 
 
-def python_of(node: Any) -> str:
-    """The interpreter inside a node: ``python3`` in a container, this one elsewhere."""
-    return "python3" if getattr(node.topology, "backend", "") == "docker" else sys.executable
-
-
 @contextlib.contextmanager
 def host_route(node: Any, dst: str, via: str | None) -> Iterator[None]:
     """A main-table route to ``dst`` via ``via`` in ``node`` for the case's duration (the
@@ -100,3 +96,43 @@ def clear_probe(
         raise RuntimeError(f"cleartext probe from {node.name}: {res.stderr.strip()}")
     answer = str(res.stdout).split()[-1:]
     return None if answer in ([], ["none"]) else answer[0]
+
+
+_LISTEN = r"""
+import socket, struct, sys
+src, dst, ident = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(65535)
+    if addr[2] == 4 or len(data) < 28 or data[9] != 1:  # our own, or not ICMP
+        continue
+    ihl = (data[0] & 0x0F) * 4
+    if (socket.inet_ntoa(data[12:16]), socket.inet_ntoa(data[16:20])) != (src, dst):
+        continue
+    t, _, _, i, q = struct.unpack_from("!BBHHH", data, ihl)
+    if t == 0 and i == ident:
+        print("reply", q, flush=True)
+"""
+
+
+class ReplyListener:
+    """ICMP echo replies from ``src`` to ``dst`` with identifier ``ident`` as they arrive at a
+    node, seen on a packet socket (before the node's own packet filter or IPsec can drop them:
+    what the peer under test sent, not what the tester accepted)."""
+
+    def __init__(self, node: Any, *, src: str, dst: str, ident: int) -> None:
+        self.proc = node.spawn(
+            f"reply-listener-{ident}",
+            [python_of(node), "-u", "-c", _LISTEN, src, dst, str(ident)],
+            private_run=False,
+        )
+        self.proc.wait_for_log("ready", 10)
+
+    def replies(self) -> list[int]:
+        """The echo sequence numbers answered so far."""
+        return [int(line.split()[1]) for line in self.proc.log_text().splitlines()
+                if line.startswith("reply ")]  # fmt: skip
+
+    def close(self) -> None:
+        self.proc.stop(timeout=2.0)

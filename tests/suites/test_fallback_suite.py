@@ -55,7 +55,7 @@ def failing(verdicts: dict[tuple[str, str], str]) -> set[str]:
 @pytest.mark.slow
 def test_reference_passes_everything_on_local(tmp_path: Path) -> None:
     verdicts = run(tmp_path, jobs=2)
-    assert len({c for c, _ in verdicts}) == 34, sorted(verdicts)
+    assert len({c for c, _ in verdicts}) == 35, sorted(verdicts)
     bad = {k: v for k, v in verdicts.items() if v not in ("pass", "recorded", "not_applicable")}
     assert not bad, bad
     assert verdicts[("FB-28", "I")] == "not_applicable"  # no NAT router on local
@@ -63,7 +63,7 @@ def test_reference_passes_everything_on_local(tmp_path: Path) -> None:
         ("SPD-003", "I"),
         ("SPD-003", "R"),
     }
-    assert sum(v == "pass" for v in verdicts.values()) == 34  # 37 results: 2 recorded, 1 n/a
+    assert sum(v == "pass" for v in verdicts.values()) == 36  # 39 results: 2 recorded, 1 n/a
 
 
 @pytest.mark.slow
@@ -86,6 +86,15 @@ def test_accepting_clear_inbound_is_noticed_exactly(tmp_path: Path) -> None:
     verdicts = run(tmp_path, "--put-misbehave", "accept_clear_inbound")
     assert failing(verdicts) == {"SPD-004", "FB-19", "FB-24"}
     assert verdicts[("SPD-004", "I")] == verdicts[("SPD-004", "R")] == "fail"
+
+
+@pytest.mark.slow
+def test_skipping_the_selector_check_is_noticed_exactly(tmp_path: Path) -> None:
+    """RFC 4301 §5.2 step 4 skipped (decapsulated packets delivered whatever their inner
+    addresses): SPD-005 fails in both roles, nothing else in these suites."""
+    verdicts = run(tmp_path, "--put-misbehave", "no_selector_check")
+    assert failing(verdicts) == {"SPD-005"}
+    assert verdicts[("SPD-005", "I")] == verdicts[("SPD-005", "R")] == "fail"
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """Suite ``spd``: RFC 4301 policy processing (catalogue §10): SPD-001, SPD-003, SPD-004,
-SPD-005, SPD-007.
+SPD-005, SPD-007, SPD-008.
 
 The PUT is the host whose SPD is under test; the tester is the peer on the other side and
 the observation point (what reached it, in clear or protected). Machinery shared with the
@@ -9,6 +9,7 @@ fallback suite: :mod:`suites.support.fallback`.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from harness.cases import case
 from harness.lab import CaseContext
@@ -224,6 +225,97 @@ def test_spd005_inner_packet_checked_against_selectors(ctx: CaseContext) -> None
         if drops is not None and not failures and drops.get("selector_mismatch", 0) < 1:
             failures.append(f"the reference PUT's inbound SA counts no selector mismatch: {drops}")
     check(ctx, failures)
+
+
+OUTSIDER = "198.51.100.1"
+"""A source no SPD entry of the case covers (catalogue SPD-008)."""
+
+
+@case("SPD-008", suite=SUITE, rfc="4301 §4.4.1, §5.2", level="SHOULD", roles="R",
+      title="Inbound unprotected traffic that matches no SPD entry is discarded (every SPD "
+            "should end with a catch-all DISCARD); what the PUT does is recorded")  # fmt: skip
+def test_spd008_unmatched_inbound_clear(ctx: CaseContext) -> None:
+    from suites.support.fallback import icmp4_echo, udp4
+
+    ident = 0x5D08
+    if is_reference(ctx):
+        # UDP: the case's policies exempt ICMP from everything (policy-spec §1.5). The PUT's
+        # policy ends with a catch-all DISCARD (its default_action), as §4.4.1 advises.
+        with RefFb(ctx, closure="open") as fb:
+            fb.tester_policy(require_action())
+            fb.put_policy(require_action(), default_action="discard")
+            packet = udp4(OUTSIDER, fb.i_addr, ident, 9, b"SPD-008")
+            before = fb.agent_counters()
+            with ctx.step(f"a cleartext UDP datagram from {OUTSIDER} to I"):
+                if fb.local:
+                    fb.put.client.delivered()
+                    fb.put.client.inject([packet], direction="in")
+                    answer = (
+                        "delivered to I's stack"
+                        if any(b"SPD-008" in d.packet for d in fb.put.client.delivered())
+                        else None
+                    )
+                else:
+                    answer = _unmatched_answer(
+                        ctx, fb.tester_node, fb.put_node, packet, fb.i_addr, fb.r_addr,
+                        int(fb.tester.client.status()["dataplane"]["mark"]), ident,
+                    )  # fmt: skip
+            after = fb.agent_counters()
+            counted = {k: after.get(k, 0) - before.get(k, 0)
+                       for k in ("bypass.in", "drops.inbound_policy")}  # fmt: skip
+            _record_unmatched(ctx, fb.i_addr, answer, f"default_action discard; {counted}")
+            assert answer is None, f"the catch-all DISCARD let it through ({answer})"
+            assert counted["drops.inbound_policy"] == 1, f"not discarded by policy: {counted}"
+        return
+    if ctx.peer_name == "strongswan":
+        with SwanFb(ctx, closure="open") as sw:
+            packet = icmp4_echo(OUTSIDER, sw.src, ident, 1, b"SPD-008")
+            mark = int(sw.tester.client.status()["dataplane"]["mark"])  # type: ignore[attr-defined]
+            with ctx.step(f"a cleartext ICMP echo request from {OUTSIDER} to {sw.src}"), \
+                    host_route(sw.tester_node, sw.src, sw.i_addr):  # fmt: skip
+                answer = _unmatched_answer(
+                    ctx, sw.tester_node, sw.put_node, packet, sw.src, sw.r_addr, mark, ident
+                )
+            if answer is not None and ctx.recording:
+                ctx.recording.known_behaviour("strongswan-no-catch-all-discard")
+            _record_unmatched(ctx, sw.src, answer, "a trap policy for the tester only")
+        return
+    from harness.peers.base import NotApplicable
+
+    raise NotApplicable([f"{ctx.peer_name}: needs a node of ours on its link to send from"])
+
+
+def _unmatched_answer(
+    ctx: CaseContext, tester: Any, put: Any, packet: bytes, put_addr: str, tester_addr: str,
+    mark: int, ident: int,
+) -> str | None:  # fmt: skip
+    """Send ``packet`` (from :data:`OUTSIDER`) from the tester's namespace past its IPsec, with
+    a route back to the outsider through the tester on the PUT's side, and say what came back
+    within 3 s: an echo reply or a port unreachable means the PUT delivered it."""
+    from suites.support.fallback import poll
+    from suites.support.ipsec import send_raw
+
+    with host_route(put, OUTSIDER, tester_addr):
+        listener = ReplyListener(tester, src=put_addr, dst=OUTSIDER, ident=ident)
+        try:
+            send_raw(tester, [packet], mark)
+            got = poll(lambda: listener.replies() or listener.unreachable(), 3.0, 0.05)
+        finally:
+            listener.close()
+    if not got:
+        return None
+    return "answered with an echo reply" if listener.replies() else "answered: port unreachable"
+
+
+def _record_unmatched(ctx: CaseContext, addr: str, answer: str | None, config: str) -> None:
+    seen = f"accepted ({answer})" if answer else "discarded (no answer)"
+    finding = (
+        f"cleartext from {OUTSIDER}, which no SPD entry covers, to {addr}: {seen}; "
+        f"PUT configuration: {config}. RFC 4301 §5.2 step 3b: discard traffic that matches "
+        "no entry (stock Linux XFRM passes it unless a catch-all drop is set)"
+    )
+    if ctx.recording:
+        ctx.recording.recorded(finding)
 
 
 @case("SPD-007", suite=SUITE, rfc="4301 §5.2, §4.4.1", level="MUST", roles="IR",

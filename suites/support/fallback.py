@@ -228,12 +228,14 @@ def policy_yaml(
     consec: str | None = None,
     block: Sequence[str] = (),
     block_icmp: bool = False,
+    default_action: str = "bypass",
 ) -> str:
     """A policy: ICMP exempt (the sentinels), then one rule ``fb`` host-to-host between ``me``
     and each of ``peers`` (transport, mirrored) with ``action`` (``None``: no rule, an
     IPsec-unaware host that bypasses everything); ``all_traffic``: the rule covers ``me`` to
     ``any`` instead (policy-spec FB-29); ``consec``: a Vista+ connection-security action
-    (§1.4) instead of a filter action; ``block``: addresses with a DISCARD rule."""
+    (§1.4) instead of a filter action; ``block``: addresses with a DISCARD rule;
+    ``default_action``: what matches no rule (``discard``: a catch-all DISCARD)."""
     ike: dict[str, Any] = {"version": f"ikev{ike_version}"}
     if remote_port is not None:
         ike["remote_port"] = remote_port
@@ -241,7 +243,7 @@ def policy_yaml(
         "name": name,
         "settings": {
             "ordering": "auto",
-            "default_action": "bypass",
+            "default_action": default_action,
             "timing_profile": profile,
             "ike": ike,
         },

@@ -110,16 +110,22 @@ while True:
     ihl = (data[0] & 0x0F) * 4
     if (socket.inet_ntoa(data[12:16]), socket.inet_ntoa(data[16:20])) != (src, dst):
         continue
-    t, _, _, i, q = struct.unpack_from("!BBHHH", data, ihl)
+    t, c, _, i, q = struct.unpack_from("!BBHHH", data, ihl)
     if t == 0 and i == ident:
         print("reply", q, flush=True)
+    elif t == 3 and len(data) >= ihl + 8 + 20 + 4:
+        quoted = data[ihl + 8:]
+        qihl = (quoted[0] & 0x0F) * 4
+        if quoted[9] == 17 and struct.unpack_from("!H", quoted, qihl)[0] == ident:
+            print("unreachable", c, flush=True)
 """
 
 
 class ReplyListener:
-    """ICMP echo replies from ``src`` to ``dst`` with identifier ``ident`` as they arrive at a
-    node, seen on a packet socket (before the node's own packet filter or IPsec can drop them:
-    what the peer under test sent, not what the tester accepted)."""
+    """ICMP answers from ``src`` to ``dst`` as they arrive at a node, seen on a packet socket
+    (before the node's own packet filter or IPsec can drop them: what the peer under test sent,
+    not what the tester accepted): echo replies with identifier ``ident``, and destination
+    unreachable errors quoting a UDP datagram from source port ``ident``."""
 
     def __init__(self, node: Any, *, src: str, dst: str, ident: int) -> None:
         self.proc = node.spawn(
@@ -133,6 +139,11 @@ class ReplyListener:
         """The echo sequence numbers answered so far."""
         return [int(line.split()[1]) for line in self.proc.log_text().splitlines()
                 if line.startswith("reply ")]  # fmt: skip
+
+    def unreachable(self) -> list[int]:
+        """The codes of the destination-unreachable errors about our UDP datagrams."""
+        return [int(line.split()[1]) for line in self.proc.log_text().splitlines()
+                if line.startswith("unreachable ")]  # fmt: skip
 
     def close(self) -> None:
         self.proc.stop(timeout=2.0)

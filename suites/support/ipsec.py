@@ -200,9 +200,17 @@ class Tunnel:
         self.scenario = scenario
         self.put = ctx.put
         self.tester = ctx.tester
-        children = dump["child_sas"]
+        put_address = scenario.remote(TESTER).address
+        # An earlier case's Child SA (another scenario: other addresses) may still be listed
+        # while its Delete is on its way: this case's is the one towards this case's PUT.
+        children = [
+            c for c in dump["child_sas"] if c["outbound"].get("dst") in (put_address, None)
+        ]
         if len(children) != 1:
-            raise PeerError(f"tester: expected one Child SA, found {len(children)}")
+            raise PeerError(
+                f"tester: expected one Child SA with {put_address}, found {len(children)} "
+                f"(of {len(dump['child_sas'])})"
+            )
         self.seen: list[Seen] = []
         """Every datagram the PUT sent on the SA so far (see :meth:`collect`)."""
         self.other: list[bytes] = []

@@ -1,5 +1,4 @@
-"""Suite ``spd``: RFC 4301 policy processing (catalogue §10): SPD-001, SPD-003, SPD-004,
-SPD-005, SPD-007, SPD-008.
+"""Suite ``spd``: RFC 4301 policy processing (catalogue §10): SPD-001 to SPD-008.
 
 The PUT is the host whose SPD is under test; the tester is the peer on the other side and
 the observation point (what reached it, in clear or protected). Machinery shared with the
@@ -16,6 +15,7 @@ from harness.lab import CaseContext
 from harness.peers.base import CHILD_SA, ESP, TRANSPORT
 from harness.probes.craft import udp_packet
 from suites.support.fallback import (
+    MAGIC,
     CaptureObserver,
     Ip4,
     RefFb,
@@ -23,6 +23,8 @@ from suites.support.fallback import (
     is_reference,
     policy_yaml,
     require_action,
+    tcp4,
+    udp4,
 )
 from suites.support.spd import ReplyListener, clear_probe, host_route
 
@@ -78,6 +80,84 @@ def test_spd001_protect_triggers_negotiation(ctx: CaseContext) -> None:
     from harness.peers.base import NotApplicable
 
     raise NotApplicable([f"{ctx.peer_name}: needs a traffic source behind the peer under test"])
+
+
+def _reference_only(ctx: CaseContext, what: str) -> None:
+    if not is_reference(ctx):
+        from harness.peers.base import NotApplicable
+
+        raise NotApplicable(
+            [f"{ctx.peer_name}: {what} needs a shunt policy the adapter cannot load "
+             "(kernel-libipsec installs no shunt policies)" if ctx.peer_name == "strongswan"
+             else f"{ctx.peer_name}: needs a traffic source behind the peer under test"]
+        )  # fmt: skip
+
+
+def _initiate(ctx: CaseContext, fb: RefFb) -> None:
+    initiator = fb.put if ctx.put_initiates else fb.tester
+    initiator.client.initiate("fb", peer=fb.r_addr if ctx.put_initiates else fb.i_addr)
+    assert fb.wait_state("ESTABLISHED"), f"state {fb.state()}: no SA"
+
+
+def _labels(seen: list[Any]) -> list[str]:
+    return [(p.packet.probe or b"").decode() for p in seen]
+
+
+@case("SPD-002", suite=SUITE, rfc="4301 §4.4.1, §4.4.1.2", level="MUST", roles="IR",
+      title="SPD entries are ordered and the first match wins: a BYPASS entry for TCP/22 "
+            "ahead of a PROTECT entry for all traffic takes effect")  # fmt: skip
+def test_spd002_first_match_wins(ctx: CaseContext) -> None:
+    _reference_only(ctx, "the BYPASS entry")
+    with RefFb(ctx, closure="open") as fb:
+        fb.tester_policy(require_action(), bypass=[("tcp", 22)])
+        fb.put_policy(require_action(), bypass=[("tcp", 22)])
+        _initiate(ctx, fb)
+        fb.probe("U1")
+        ssh = tcp4(fb.i_addr, fb.r_addr, fb.sport + 1, 22, payload=MAGIC + b"T22")
+        fb.inject(ssh, "TCP/22 SYN (BYPASS entry)")
+        fb.probe("U2")
+        clear, protected = _labels(fb.clear_probes()), _labels(fb.protected_probes())
+        assert "T22" in clear, f"the TCP/22 segment was not seen in clear (clear: {clear})"
+        assert "T22" not in protected, "the TCP/22 segment went through the SA"
+        assert not [c for c in clear if c.startswith("U")], f"UDP left in clear: {clear}"
+        if fb.local:  # the capture of netns/docker sees ESP, not what is inside
+            assert {"U1", "U2"} <= set(protected), f"UDP not protected: {protected}"
+        else:
+            assert len(fb.protected_probes()) >= 2, "the UDP probes were not seen as ESP"
+
+
+@case("SPD-006", suite=SUITE, rfc="4301 §4.4.1.1", level="MUST", roles="IR",
+      title="Selectors on next-layer protocol and ports are honoured: a Child SA for TCP/443 "
+            "only, DISCARD for the rest of the host pair")  # fmt: skip
+def test_spd006_port_selectors(ctx: CaseContext) -> None:
+    _reference_only(ctx, "the DISCARD for the rest")
+    with RefFb(ctx, closure="open") as fb:
+        fb.tester_policy(require_action(), only=("tcp", 443, "src"))  # R: the server
+        fb.put_policy(require_action(), only=("tcp", 443, "dst"), default_action="discard")
+        _initiate(ctx, fb)
+        children = fb.put.client.list_sas()["child_sas"]
+        assert children, "no Child SA listed"
+        out = children[-1]["outbound"]
+        ts = (out["ts_src"], out["ts_dst"])
+        assert ts == ([f"{fb.i_addr}[6]"], [f"{fb.r_addr}[6/443]"]), (
+            f"the Child SA's selectors (out: source, destination) are {ts}, not TCP to 443"
+        )
+        drops = fb.counter("drops.inbound_policy") + fb.counter("drops.policy")
+        https = tcp4(fb.i_addr, fb.r_addr, fb.sport + 2, 443, payload=MAGIC + b"T443")
+        fb.inject(https, "TCP/443 SYN (the SA's selectors)")
+        dns = udp4(fb.i_addr, fb.r_addr, fb.sport + 3, 53, MAGIC + b"U53")
+        fb.inject(dns, "UDP/53 (no entry but the DISCARD)")
+        fb.probe("U1")  # UDP to the probe port: DISCARD as well (and the observer's sync)
+        clear, protected = _labels(fb.clear_probes()), _labels(fb.protected_probes())
+        assert not clear, f"left in clear: {clear}"
+        if fb.local:
+            assert protected == ["T443"], f"protected at R: {protected} (only TCP/443 may be)"
+        else:
+            assert len(fb.protected_probes()) == 1, (
+                f"{len(fb.protected_probes())} ESP packets for one TCP/443 segment"
+            )
+        dropped = fb.counter("drops.inbound_policy") + fb.counter("drops.policy") - drops
+        assert dropped == 2, f"{dropped} packets discarded by policy, expected 2 (UDP/53, UDP)"
 
 
 @case("SPD-003", suite=SUITE, rfc="4301 §5.1, §5.1.1", level="MUST", roles="IR",

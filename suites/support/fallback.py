@@ -229,13 +229,18 @@ def policy_yaml(
     block: Sequence[str] = (),
     block_icmp: bool = False,
     default_action: str = "bypass",
+    bypass: Sequence[tuple[str, int]] = (),
+    only: tuple[str, int, str] | None = None,
 ) -> str:
     """A policy: ICMP exempt (the sentinels), then one rule ``fb`` host-to-host between ``me``
     and each of ``peers`` (transport, mirrored) with ``action`` (``None``: no rule, an
     IPsec-unaware host that bypasses everything); ``all_traffic``: the rule covers ``me`` to
     ``any`` instead (policy-spec FB-29); ``consec``: a Vista+ connection-security action
     (§1.4) instead of a filter action; ``block``: addresses with a DISCARD rule;
-    ``default_action``: what matches no rule (``discard``: a catch-all DISCARD)."""
+    ``default_action``: what matches no rule (``discard``: a catch-all DISCARD); ``bypass``:
+    (protocol, port) pairs with a BYPASS rule ahead of ``fb``, for that port on either side;
+    ``only``: the ``fb`` rule covers (protocol, port, side) alone instead of all traffic, the
+    port being the peer's (``dst``: we are the client) or ours (``src``: the server)."""
     ike: dict[str, Any] = {"version": f"ikev{ike_version}"}
     if remote_port is not None:
         ike["remote_port"] = remote_port
@@ -270,11 +275,22 @@ def policy_yaml(
                                              "mirrored": True} for a in block]}
         )  # fmt: skip
         pol["rules"].append({"name": "blocked", "filter_list": "blocked", "filter_action": "block"})
+    for proto, port in bypass:
+        name = f"bypass-{proto}-{port}"
+        pol["filter_lists"].append(
+            {"name": name, "filters": [{"src": "me", "dst": d, "proto": proto, side: port,
+                                        "mirrored": True}
+                                       for d in peers for side in ("dst_port", "src_port")]}
+        )  # fmt: skip
+        pol["rules"].append({"name": name, "filter_list": name, "filter_action": "permit"})
     if action is not None or consec is not None:
         dsts = ["any"] if all_traffic else list(peers)
+        scope: dict[str, Any] = {"proto": "any"}
+        if only is not None:
+            scope = {"proto": only[0], f"{only[2]}_port": only[1]}
         pol["filter_lists"].append(
-            {"name": "peers", "filters": [{"src": "me", "dst": d, "proto": "any",
-                                           "mirrored": True} for d in dsts]}
+            {"name": "peers", "filters": [{"src": "me", "dst": d, **scope, "mirrored": True}
+                                          for d in dsts]}
         )  # fmt: skip
         rule: dict[str, Any] = {"name": "fb", "filter_list": "peers", "auth_methods": "lab-psk"}
         if consec is not None:

@@ -203,9 +203,7 @@ class Tunnel:
         put_address = scenario.remote(TESTER).address
         # An earlier case's Child SA (another scenario: other addresses) may still be listed
         # while its Delete is on its way: this case's is the one towards this case's PUT.
-        children = [
-            c for c in dump["child_sas"] if c["outbound"].get("dst") in (put_address, None)
-        ]
+        children = [c for c in dump["child_sas"] if c["outbound"].get("dst") in (put_address, None)]
         if len(children) != 1:
             raise PeerError(
                 f"tester: expected one Child SA with {put_address}, found {len(children)} "

@@ -55,7 +55,7 @@ def failing(verdicts: dict[tuple[str, str], str]) -> set[str]:
 @pytest.mark.slow
 def test_reference_passes_everything_on_local(tmp_path: Path) -> None:
     verdicts = run(tmp_path, jobs=2)
-    assert len({c for c, _ in verdicts}) == 36, sorted(verdicts)
+    assert len({c for c, _ in verdicts}) == 38, sorted(verdicts)
     bad = {k: v for k, v in verdicts.items() if v not in ("pass", "recorded", "not_applicable")}
     assert not bad, bad
     assert verdicts[("FB-28", "I")] == "not_applicable"  # no NAT router on local
@@ -64,7 +64,7 @@ def test_reference_passes_everything_on_local(tmp_path: Path) -> None:
         ("SPD-003", "R"),
         ("SPD-008", "R"),
     }
-    assert sum(v == "pass" for v in verdicts.values()) == 36  # 40 results: 3 recorded, 1 n/a
+    assert sum(v == "pass" for v in verdicts.values()) == 40  # 44 results: 3 recorded, 1 n/a
 
 
 @pytest.mark.slow

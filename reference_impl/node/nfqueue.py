@@ -5,10 +5,10 @@ sockets by itself; the Policy Agent's inbound check (policy-spec §4, RFC 4301 �
 a clear packet that matches a PROTECT entry is discarded and audited) needs to see them
 first. A chain of the node's own in the ``filter`` table's INPUT hook (iptables and
 ip6tables) queues every clear packet that arrives for a local address on another interface
-than the node's TUN device and loopback (ESP, AH, the node's IKE ports, ICMP errors and IPv6
-neighbour discovery excepted) to an NFQUEUE; the node reads the queue on a netlink socket, asks the
-agent, and answers each packet with a verdict: accept (the packet goes on to its socket as
-if nothing happened) or drop.
+than the node's TUN device and loopback (ESP, AH, IKE to the node's IKE ports or from a
+peer's, ICMP errors and IPv6 neighbour discovery excepted) to an NFQUEUE; the node reads the
+queue on a netlink socket, asks the agent, and answers each packet with a verdict: accept
+(the packet goes on to its socket as if nothing happened) or drop.
 
 The queue has the ``bypass`` flag: without the node listening (it stopped, or was killed and
 left its chain behind) the kernel accepts the packets, as it would without the node; and it
@@ -109,7 +109,9 @@ def chain_name(pid: int | None = None) -> str:
 def rules(chain: str, queue: int, tun: str, ike_ports: Iterable[int], v6: bool) -> str:
     """The ``iptables-restore --noflush`` input that queues inbound clear packets for local
     addresses (the INPUT hook) to ``queue``."""
-    ports = ",".join(str(p) for p in sorted(set(ike_ports))) or "500"
+    ours = set(ike_ports) or {500}
+    ports = ",".join(str(p) for p in sorted(ours))
+    peers = ",".join(str(p) for p in sorted(ours | {500, 4500}))
     lines = [
         "*filter",
         f":{chain} - [0:0]",
@@ -118,6 +120,10 @@ def rules(chain: str, queue: int, tun: str, ike_ports: Iterable[int], v6: bool) 
         f"-A {chain} -p esp -j RETURN",
         f"-A {chain} -p ah -j RETURN",
         f"-A {chain} -p udp -m multiport --dports {ports} -j RETURN",
+        # IKE answers to an initiator on another port (the harness's scripted IKE peer, a
+        # second IKE daemon): IKE traffic has its BYPASS whatever our side's port (RFC 4301
+        # §5.2 step 3a note), as an IKE daemon's per-socket bypass gives it under XFRM.
+        f"-A {chain} -p udp -m multiport --sports {peers} -j RETURN",
     ]
     if v6:
         lines += [

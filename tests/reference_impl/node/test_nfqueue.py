@@ -55,14 +55,15 @@ def topo(tmp_path: Path) -> Iterator[Topology]:
         yield t
 
 
-def _send(node: Node, dst: str, port: int, payloads: list[str]) -> None:
+def _send(node: Node, dst: str, port: int, payloads: list[str], sport: int = 0) -> None:
     code = (
         "import socket, sys\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        "for p in sys.argv[3:]:\n"
+        "s.bind(('', int(sys.argv[3])))\n"
+        "for p in sys.argv[4:]:\n"
         "    s.sendto(p.encode(), (sys.argv[1], int(sys.argv[2])))\n"
     )
-    assert node.exec([sys.executable, "-c", code, dst, str(port), *payloads]).ok
+    assert node.exec([sys.executable, "-c", code, dst, str(port), str(sport), *payloads]).ok
 
 
 def _chains(node: Node) -> str:
@@ -79,15 +80,23 @@ def test_the_decision_is_the_kernels_verdict(topo: Topology) -> None:
     chain = proc.wait_for_log(r"ready (\S+)", 20).group(1)
     assert _chains(a).count(f"-A INPUT -j {chain}") == 2  # IPv4 and IPv6
     _send(b, addr, 9999, ["accept-1", "drop-2", "accept-3"])
+    wait_until(lambda: proc.log_text().count("got accept") == 2, 10, "accepted datagrams")
     _send(b, addr, 40500, ["ike-not-queued"])
     proc.wait_for_log("got ike-not-queued", 10)
-    wait_until(lambda: proc.log_text().count("got accept") == 2, 10, "accepted datagrams")
+    _send(b, addr, 9999, ["from-a-peers-ike-port"], sport=4500)  # an IKE answer: not queued
+    proc.wait_for_log("got from-a-peers-ike-port", 10)
     _send(b, addr, 9999, ["stop"])  # dropped by the queue: does not stop it
     _send(b, addr, 40500, ["stop"])
     assert proc.wait(20) == 0
     result = json.loads(proc.wait_for_log(r"done (.*)", 5).group(1))
     # What reached the sockets: the accepted packets and the unqueued IKE port, nothing else.
-    assert result["got"] == ["accept-1", "accept-3", "ike-not-queued", "stop"]
+    assert result["got"] == [
+        "accept-1",
+        "accept-3",
+        "ike-not-queued",
+        "from-a-peers-ike-port",
+        "stop",
+    ]
     assert result["seen"] == ["accept-1", "drop-2", "accept-3", "stop"]
     assert result["counters"] == {"nfqueue.accepted": 2, "nfqueue.dropped": 2}
     assert chain not in _chains(a), "the chain outlived the queue"

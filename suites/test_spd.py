@@ -82,13 +82,15 @@ def test_spd001_protect_triggers_negotiation(ctx: CaseContext) -> None:
     raise NotApplicable([f"{ctx.peer_name}: needs a traffic source behind the peer under test"])
 
 
-def _reference_only(ctx: CaseContext, what: str) -> None:
+def _reference_only(ctx: CaseContext, swan_lacks: str) -> None:
+    """Not applicable to other peers: strongSwan for ``swan_lacks`` (what its adapter cannot
+    load), the others for want of a traffic source behind them."""
     if not is_reference(ctx):
         from harness.peers.base import NotApplicable
 
         raise NotApplicable(
-            [f"{ctx.peer_name}: {what} needs a shunt policy the adapter cannot load "
-             "(kernel-libipsec installs no shunt policies)" if ctx.peer_name == "strongswan"
+            [f"{ctx.peer_name}: {swan_lacks} (kernel-libipsec installs no shunt policies)"
+             if ctx.peer_name == "strongswan"
              else f"{ctx.peer_name}: needs a traffic source behind the peer under test"]
         )  # fmt: skip
 
@@ -107,7 +109,7 @@ def _labels(seen: list[Any]) -> list[str]:
       title="SPD entries are ordered and the first match wins: a BYPASS entry for TCP/22 "
             "ahead of a PROTECT entry for all traffic takes effect")  # fmt: skip
 def test_spd002_first_match_wins(ctx: CaseContext) -> None:
-    _reference_only(ctx, "the BYPASS entry")
+    _reference_only(ctx, "the BYPASS entry needs a shunt policy the adapter cannot load")
     with RefFb(ctx, closure="open") as fb:
         fb.tester_policy(require_action(), bypass=[("tcp", 22)])
         fb.put_policy(require_action(), bypass=[("tcp", 22)])
@@ -130,7 +132,7 @@ def test_spd002_first_match_wins(ctx: CaseContext) -> None:
       title="Selectors on next-layer protocol and ports are honoured: a Child SA for TCP/443 "
             "only, DISCARD for the rest of the host pair")  # fmt: skip
 def test_spd006_port_selectors(ctx: CaseContext) -> None:
-    _reference_only(ctx, "the DISCARD for the rest")
+    _reference_only(ctx, "the DISCARD for the rest needs a shunt policy the adapter cannot load")
     with RefFb(ctx, closure="open") as fb:
         fb.tester_policy(require_action(), only=("tcp", 443, "src"))  # R: the server
         fb.put_policy(require_action(), only=("tcp", 443, "dst"), default_action="discard")
@@ -164,14 +166,7 @@ def test_spd006_port_selectors(ctx: CaseContext) -> None:
       title="Outbound packets matching DISCARD are dropped; record whether an ICMP "
             "Destination Unreachable (3/13) comes back")  # fmt: skip
 def test_spd003_discard(ctx: CaseContext) -> None:
-    if not is_reference(ctx):
-        from harness.peers.base import NotApplicable
-
-        raise NotApplicable(
-            [f"{ctx.peer_name}: the DISCARD entry needs a drop shunt the adapter cannot load yet "
-             "(kernel-libipsec installs no shunt policies)" if ctx.peer_name == "strongswan"
-             else f"{ctx.peer_name}: needs a traffic source behind the peer under test"]
-        )  # fmt: skip
+    _reference_only(ctx, "the DISCARD entry needs a drop shunt the adapter cannot load yet")
     with RefFb(ctx, closure="open", r2=True) as fb:
         assert fb.r2_addr is not None
         text = policy_yaml(

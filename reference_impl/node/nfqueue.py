@@ -89,10 +89,9 @@ def _attr(kind: int, value: bytes) -> bytes:
     return _NLATTR.pack(n, kind) + value + b"\0" * (-n % 4)
 
 
-def _attrs(data: bytes, off: int) -> dict[int, tuple[int, int]]:
-    """Attribute type -> (offset, length) of its value, from ``off`` to the end."""
+def _attrs(data: bytes, off: int, end: int) -> dict[int, tuple[int, int]]:
+    """Attribute type -> (offset in ``data``, length) of its value, from ``off`` to ``end``."""
     out: dict[int, tuple[int, int]] = {}
-    end = len(data)
     while off + 4 <= end:
         n, kind = _NLATTR.unpack_from(data, off)
         if n < 4 or off + n > end:
@@ -291,13 +290,13 @@ class InboundClearQueue:
                 if n < 16 or off + n > end:
                     break
                 if mtype == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
-                    attrs = _attrs(data[off : off + n], 20)
+                    attrs = _attrs(data, off + 20, off + n)
                     hdr = attrs.get(NFQA_PACKET_HDR)
                     payload = attrs.get(NFQA_PAYLOAD)
                     if hdr is not None and hdr[1] >= 4:
-                        packet_id = struct.unpack_from("!I", data, off + hdr[0])[0]
+                        packet_id = struct.unpack_from("!I", data, hdr[0])[0]
                         packet = (
-                            data[off + payload[0] : off + payload[0] + payload[1]]
+                            data[payload[0] : payload[0] + payload[1]]
                             if payload is not None
                             else b""
                         )

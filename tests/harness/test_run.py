@@ -47,14 +47,19 @@ SUITE = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def suites_pkg(tmp_path: Path) -> Path:
-    pkg = tmp_path / "demosuites"
+def _suite_package(root: Path, suite: str) -> Path:
+    """``root/demosuites``: a suites package with ``suite`` as its one test module."""
+    pkg = root / "demosuites"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "conftest.py").write_text('pytest_plugins = ["harness.pytest_plugin"]\n')
-    (pkg / "test_demo.py").write_text(SUITE)
-    return tmp_path
+    (pkg / "test_demo.py").write_text(suite)
+    return root
+
+
+@pytest.fixture
+def suites_pkg(tmp_path: Path) -> Path:
+    return _suite_package(tmp_path, SUITE)
 
 
 def run_cli(
@@ -168,11 +173,7 @@ def test_a_stopped_run_ends_at_once_and_keeps_what_finished(tmp_path: Path, sig:
     import signal
     import time
 
-    pkg = tmp_path / "demosuites"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "conftest.py").write_text('pytest_plugins = ["harness.pytest_plugin"]\n')
-    (pkg / "test_demo.py").write_text(BLOCKING)
+    _suite_package(tmp_path, BLOCKING)
     started = tmp_path / "started"
     env = {
         **os.environ,
@@ -261,11 +262,7 @@ SAME_REASON = textwrap.dedent(
 
 
 def test_results_failing_for_one_reason_are_listed_once(tmp_path: Path) -> None:
-    pkg = tmp_path / "demosuites"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "conftest.py").write_text('pytest_plugins = ["harness.pytest_plugin"]\n')
-    (pkg / "test_demo.py").write_text(SAME_REASON)
+    _suite_package(tmp_path, SAME_REASON)
     proc = run_cli(tmp_path, "--no-progress")
     assert proc.returncode == ExitCode.CONFORMANCE_FAILURE, proc.stdout + proc.stderr
     out = " ".join(proc.stdout.split())  # rich wraps long lines

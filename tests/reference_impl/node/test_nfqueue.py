@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.topology import Topology, TopologySpec, open_topology
-from harness.topology.base import Node, wait_until
+from harness.topology.base import Node, NodeProcess, wait_until
 
 QUEUE_NODE = r"""
 import selectors, socket, sys, json
@@ -66,6 +66,23 @@ def _send(node: Node, dst: str, port: int, payloads: list[str], sport: int = 0) 
     assert node.exec([sys.executable, "-c", code, dst, str(port), str(sport), *payloads]).ok
 
 
+def _queue_node(node: Node, name: str) -> tuple[NodeProcess, str]:
+    """QUEUE_NODE started in ``node``, once its queue is bound: (process, its chain)."""
+    proc = node.spawn(
+        name,
+        [sys.executable, "-c", QUEUE_NODE, node.addresses.v4, "9999", "40500"],
+        private_run=False,
+    )
+    return proc, proc.wait_for_log(r"ready (\S+)", 20).group(1)
+
+
+def _stop_queue_node(sender: Node, addr: str) -> None:
+    """ "stop" to both ports: the queue drops the first (QUEUE_NODE lets no "stop" through),
+    the IKE port's socket ends the loop."""
+    _send(sender, addr, 9999, ["stop"])
+    _send(sender, addr, 40500, ["stop"])
+
+
 def _chains(node: Node) -> str:
     return node.exec(["iptables", "-w", "-S"]).stdout + node.exec(["ip6tables", "-w", "-S"]).stdout
 
@@ -74,10 +91,7 @@ def _chains(node: Node) -> str:
 def test_the_decision_is_the_kernels_verdict(topo: Topology) -> None:
     a, b = topo.node("a"), topo.node("b")
     addr = a.addresses.v4
-    proc = a.spawn(
-        "queue", [sys.executable, "-c", QUEUE_NODE, addr, "9999", "40500"], private_run=False
-    )
-    chain = proc.wait_for_log(r"ready (\S+)", 20).group(1)
+    proc, chain = _queue_node(a, "queue")
     assert _chains(a).count(f"-A INPUT -j {chain}") == 2  # IPv4 and IPv6
     _send(b, addr, 9999, ["accept-1", "drop-2", "accept-3"])
     wait_until(lambda: proc.log_text().count("got accept") == 2, 10, "accepted datagrams")
@@ -85,8 +99,7 @@ def test_the_decision_is_the_kernels_verdict(topo: Topology) -> None:
     proc.wait_for_log("got ike-not-queued", 10)
     _send(b, addr, 9999, ["from-a-peers-ike-port"], sport=4500)  # an IKE answer: not queued
     proc.wait_for_log("got from-a-peers-ike-port", 10)
-    _send(b, addr, 9999, ["stop"])  # dropped by the queue: does not stop it
-    _send(b, addr, 40500, ["stop"])
+    _stop_queue_node(b, addr)
     assert proc.wait(20) == 0
     result = json.loads(proc.wait_for_log(r"done (.*)", 5).group(1))
     # What reached the sockets: the accepted packets and the unqueued IKE port, nothing else.
@@ -106,10 +119,7 @@ def test_the_decision_is_the_kernels_verdict(topo: Topology) -> None:
 def test_a_killed_nodes_chain_passes_packets_and_is_taken_over(topo: Topology) -> None:
     a, b = topo.node("a"), topo.node("b")
     addr = a.addresses.v4
-    first = a.spawn(
-        "queue1", [sys.executable, "-c", QUEUE_NODE, addr, "9999", "40500"], private_run=False
-    )
-    stale = first.wait_for_log(r"ready (\S+)", 20).group(1)
+    first, stale = _queue_node(a, "queue1")
     first.stop(sig=9)
     assert f"-N {stale}" in _chains(a)
     # Nobody reads the queue: the bypass flag lets the packet through to a plain socket.
@@ -122,13 +132,9 @@ def test_a_killed_nodes_chain_passes_packets_and_is_taken_over(topo: Topology) -
     listener.wait_for_log("ready", 10)
     _send(b, addr, 9998, ["through"])
     listener.wait_for_log("got through", 10)
-    second = a.spawn(
-        "queue2", [sys.executable, "-c", QUEUE_NODE, addr, "9999", "40500"], private_run=False
-    )
-    second.wait_for_log("ready", 20)
+    second, _ = _queue_node(a, "queue2")
     assert stale not in _chains(a), "the killed node's chain is still there"
-    _send(b, addr, 9999, ["stop"])
-    _send(b, addr, 40500, ["stop"])
+    _stop_queue_node(b, addr)
     assert second.wait(20) == 0
 
 
